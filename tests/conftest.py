@@ -1,0 +1,57 @@
+"""Shared fixtures: the repo's params shrunk to a tiny demo, and a tiny demo dataset built once."""
+
+from __future__ import annotations
+
+import copy
+import os
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MMPIPE_PROGRESS", "0")
+
+TINY_DEMO = {"source": "demo", "seed": 3, "n_users": 160, "n_items": 70, "mean_interactions": 10}
+
+
+def tiny_params() -> dict[str, Any]:
+    """The project's params.yaml with a tiny demo and short training, for fast tests."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = copy.deepcopy(params)
+    params["datasets"] = {"demo": dict(TINY_DEMO)}
+    params["images"]["size"] = 48
+    params["encoders"]["demo_clip"].update(hidden_size=32, image_size=32, patch_size=8, projection_dim=16)
+    params["graphs"]["item_knn_k"] = 5
+    params["graphs"]["user_knn_k"] = 5
+    params["graphs"]["item_co_k"] = 5
+    params["train"]["common"].update(epochs=3, patience=2, batch_size=256)
+    return params
+
+
+@pytest.fixture
+def params() -> dict[str, Any]:
+    return tiny_params()
+
+
+@pytest.fixture(scope="session")
+def demo_project(tmp_path_factory) -> Path:
+    """A tiny demo dataset run through download, ingest, images and the demo CLIP, in a temp dir.
+
+    Read-only for the tests that use it: copy it before changing anything.
+    """
+    from stages import download, encoders, images, ingest
+
+    root = tmp_path_factory.mktemp("demo_project")
+    params = tiny_params()
+    params["features"]["clip_image"]["model"] = str(root / "raw/encoders/demo-clip")
+    download.run("demo", params, root / "raw")
+    ingest.run("demo", params, root / "raw", root / "processed")
+    images.run("demo", params, root / "raw", root / "processed")
+    encoders.run(params, root / "raw/encoders/demo-clip")
+    (root / "params.yaml").write_text(yaml.safe_dump(params))
+    return root
