@@ -1,0 +1,188 @@
+"""download (demo source) and ingest: formats, bad lines, duplicates, k-core, split, determinism."""
+
+from __future__ import annotations
+
+import gzip
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from stages import download, ingest
+from stages.common.io import read_json, sha256_file
+from stages.common.params import ParamsError
+
+
+def write_raw(raw_dir: Path, reviews: list[str], meta: list[str], gz: bool = True) -> None:
+    """A raw dataset folder with a manifest, as download writes it."""
+    raw_dir.mkdir(parents=True, exist_ok=True)
+    files = []
+    for role, lines in (("reviews", reviews), ("meta", meta)):
+        name = f"{role}.json" + (".gz" if gz else "")
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        (raw_dir / name).write_bytes(gzip.compress(data) if gz else data)
+        files.append({"role": role, "path": name})
+    (raw_dir / "MANIFEST.json").write_text(json.dumps({"files": files}))
+
+
+def review(user: str, item: str, t: int, rating: float = 5.0) -> str:
+    return json.dumps({"reviewerID": user, "asin": item, "overall": rating, "unixReviewTime": t})
+
+
+def full_grid_reviews(n_users: int, n_items: int) -> list[str]:
+    """Every user reviews every item, at increasing times (so every k-core holds)."""
+    return [review(f"U{u:02d}", f"I{i:02d}", 1000 * u + i) for u in range(n_users) for i in range(n_items)]
+
+
+def test_demo_download_is_deterministic_and_manifest_matches(tmp_path, params):
+    a = download.run("demo", params, tmp_path / "a")
+    download.run("demo", params, tmp_path / "b")
+    for entry in a["files"]:
+        pa_, pb = tmp_path / "a/demo" / entry["path"], tmp_path / "b/demo" / entry["path"]
+        assert pa_.read_bytes() == pb.read_bytes()
+        assert entry["sha256"] == sha256_file(pa_) and entry["bytes"] == pa_.stat().st_size
+    manifest = read_json(tmp_path / "a/demo/MANIFEST.json")
+    assert manifest["images"]["count"] == len(list((tmp_path / "a/demo/images").iterdir()))
+    planted = manifest["generator"]["planted"]
+    assert planted["malformed_review_lines"] == 3 and planted["items_without_image"] > 0
+
+
+def test_demo_meta_is_python_literal_like_amazon_2014(tmp_path, params):
+    download.run("demo", params, tmp_path)
+    with gzip.open(tmp_path / "demo/meta_Demo.json.gz", "rt") as fh:
+        first = fh.readline()
+    with pytest.raises(json.JSONDecodeError):
+        json.loads(first)  # single quotes: not JSON
+    record = ingest.parse_record(first)
+    assert {"asin", "title", "categories", "imUrl"} <= set(record)
+    assert isinstance(record["categories"][0], list)
+
+
+def test_unsupported_source_is_a_clear_error(tmp_path, params):
+    params["datasets"]["x"] = {"source": "amazon2099"}
+    with pytest.raises(ParamsError, match=r"datasets.x.source = 'amazon2099' is not supported"):
+        download.run("x", params, tmp_path)
+    assert not (tmp_path / "x").exists()
+
+
+def test_ingest_counts_malformed_lines_with_numbers(tmp_path, params):
+    reviews = full_grid_reviews(5, 5)
+    reviews.insert(2, '{"reviewerID": "U00", "asin": ')  # line 3: truncated
+    reviews.insert(5, json.dumps({"reviewerID": "U01", "unixReviewTime": 5}))  # line 6: no asin
+    reviews.append("\u00ff\u00fe not json")  # last line: garbage
+    meta = [repr({"asin": f"I{i:02d}", "title": f"Item &amp; {i}", "categories": [["Baby", "Toys"]]}) for i in range(5)]
+    meta.insert(1, "{'asin': 'I99', 'title': 'cut")
+    write_raw(tmp_path / "raw/x", reviews, meta)
+    stats = ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    bad = stats["malformed"]["reviews"]
+    assert bad["count"] == 3
+    assert [e["line"] for e in bad["first"]] == [3, 6, len(reviews)]
+    assert "missing field 'asin'" in bad["first"][1]["reason"]
+    assert stats["malformed"]["meta"]["count"] == 1 and stats["malformed"]["meta"]["first"][0]["line"] == 2
+    items = pq.read_table(tmp_path / "out/x/items.parquet").to_pylist()
+    assert items[0]["title"] == "Item & 0"  # HTML entities unescaped
+    assert items[0]["categories"] == ["Baby", "Toys"]
+
+
+def test_ingest_reads_plain_text_and_bad_utf8(tmp_path, params):
+    reviews = full_grid_reviews(5, 5)
+    write_raw(tmp_path / "raw/x", reviews, ['{"asin": "I00", "title": "caf\\u00e9"}'], gz=False)
+    path = tmp_path / "raw/x/reviews.json"
+    path.write_bytes(path.read_bytes() + b'{"reviewerID": "U00", "asin": "I00\xff", "unixReviewTime": 1}\n')
+    stats = ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    assert stats["rows_read"]["reviews_parsed"] == 26  # the bad byte is replaced, the line still parses
+    assert stats["interactions"] == 25  # its item has one review: removed by the 5-core
+    items = pq.read_table(tmp_path / "out/x/items.parquet").to_pylist()
+    assert items[0]["title"] == "café" and items[1]["title"] is None  # no meta -> nulls, item kept
+    assert stats["items_missing"]["meta"] == 4
+
+
+def test_duplicates_keep_earliest_review(tmp_path, params):
+    reviews = full_grid_reviews(5, 5)
+    reviews.append(reviews[0])  # exact duplicate line
+    reviews.append(review("U00", "I00", 999_999, rating=1.0))  # same pair, later
+    write_raw(tmp_path / "raw/x", reviews, [])
+    stats = ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    assert stats["duplicates"] == {"exact_lines": 1, "repeated_pairs_kept_earliest": 1}
+    inter = pq.read_table(tmp_path / "out/x/interactions.parquet").to_pandas()
+    row = inter[(inter.user_idx == 0) & (inter.item_idx == 0)]
+    assert row.timestamp.tolist() == [0] and row.rating.tolist() == [5.0]
+
+
+def test_k_core_iterates_until_stable():
+    # Round 1 drops items i3, i4 (2 users each); then u3, u4 fall to 2 items (round 2); then i5 falls to
+    # 1 user (round 3); the 3x3 block u0-u2 x i0-i2 is what a 3-core keeps.
+    rows = [(u, i) for u in ("u0", "u1", "u2") for i in ("i0", "i1", "i2")]
+    rows += [(u, i) for u in ("u3", "u4") for i in ("i0", "i3", "i4", "i5")]
+    rows += [("u0", "i5")]
+    frame = pd.DataFrame(rows, columns=["user_id", "item_id"])
+    out, rounds = ingest.k_core(frame, user_min=3, item_min=3)
+    assert sorted(out.user_id.unique()) == ["u0", "u1", "u2"]
+    assert sorted(out.item_id.unique()) == ["i0", "i1", "i2"] and len(out) == 9
+    assert [(r["users_removed"], r["items_removed"]) for r in rounds] == [(0, 2), (2, 0), (0, 1)]
+    assert sum(r["interactions_removed"] for r in rounds) == len(frame) - 9
+
+
+@pytest.mark.parametrize(
+    ("n", "expected"),
+    [
+        (5, [0, 0, 0, 1, 2]),  # n < 10: the last two are valid, test (MMRec)
+        (9, [0] * 7 + [1, 2]),
+        (10, [0] * 8 + [1, 2]),  # int(10 * 0.2) = 2
+        (13, [0] * 11 + [1, 2]),
+        (15, [0] * 12 + [1, 2, 2]),  # int(15 * 0.2) = 3: 1 valid, 2 test
+        (20, [0] * 16 + [1, 1, 2, 2]),
+        (2, [0, 2]),  # never an empty train
+    ],
+)
+def test_user_time_split_follows_mmrec_rule(n, expected):
+    split = ingest.split_user_time(np.zeros(n, dtype=np.int32), [0.8, 0.1, 0.1])
+    assert split.tolist() == expected
+
+
+def test_split_is_chronological_per_user(tmp_path, params):
+    # user U00 reviews items in reverse id order over time: the latest two become valid/test
+    reviews = [review("U00", f"I{i:02d}", 100 - i) for i in range(5)]
+    reviews += [review(f"U{u:02d}", f"I{i:02d}", i) for u in range(1, 5) for i in range(5)]
+    write_raw(tmp_path / "raw/x", reviews, [])
+    ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    inter = pq.read_table(tmp_path / "out/x/interactions.parquet").to_pandas()
+    u0 = inter[inter.user_idx == 0].sort_values("timestamp")
+    assert u0.split.tolist() == [0, 0, 0, 1, 2]
+    assert u0.item_idx.tolist()[-2:] == [1, 0]  # latest reviews: items I01 then I00
+
+
+def test_ingest_on_demo_is_byte_identical_across_runs(tmp_path, params, demo_project):
+    for run in ("a", "b"):
+        ingest.run("demo", params, demo_project / "raw", tmp_path / run)
+    for name in ("interactions.parquet", "items.parquet", "users.parquet", "ingest_stats.json"):
+        assert (tmp_path / "a/demo" / name).read_bytes() == (tmp_path / "b/demo" / name).read_bytes(), name
+    stats = read_json(tmp_path / "a/demo/ingest_stats.json")
+    assert stats["malformed"]["reviews"]["count"] == 3 and stats["malformed"]["meta"]["count"] == 2
+    assert stats["duplicates"]["exact_lines"] > 0 and stats["duplicates"]["repeated_pairs_kept_earliest"] > 0
+    inter = pq.read_table(tmp_path / "a/demo/interactions.parquet").to_pandas()
+    assert inter.groupby("user_idx").size().min() >= 5 and inter.groupby("item_idx").size().min() >= 5
+    assert inter.user_idx.max() + 1 == stats["users"] and inter.item_idx.max() + 1 == stats["items"]
+
+
+def test_missing_manifest_role_is_a_clear_error(tmp_path, params):
+    write_raw(tmp_path / "raw/x", full_grid_reviews(5, 5), [])
+    manifest = tmp_path / "raw/x/MANIFEST.json"
+    manifest.write_text(json.dumps({"files": [{"role": "reviews", "path": "reviews.json.gz"}]}))
+    with pytest.raises(ValueError, match="MANIFEST.json: no file with role 'meta'"):
+        ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    (tmp_path / "raw/x/reviews.json.gz").unlink()
+    with pytest.raises(FileNotFoundError, match="reviews.json.gz: listed in"):
+        ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    assert not (tmp_path / "out/x/interactions.parquet").exists()
+
+
+def test_k_core_that_empties_the_data_stops_with_reason(tmp_path, params):
+    write_raw(tmp_path / "raw/x", full_grid_reviews(3, 3), [])
+    with pytest.raises(ValueError, match="no interactions left after 5/5-core"):
+        ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    shutil.rmtree(tmp_path / "raw")
