@@ -1,0 +1,108 @@
+"""Full-ranking evaluation with MMRec's metric definitions.
+
+Every evaluated user's scores over all items are ranked after masking the items the user has in
+the training split (MMRec masks train items only, also at test time). Ties keep the smaller item
+index first (a stable sort), so rankings are deterministic. Metrics per user, averaged over users:
+
+* Recall@K    = hits@K / |relevant|
+* Precision@K = hits@K / K
+* NDCG@K      = DCG@K / IDCG@K, binary relevance, IDCG over min(|relevant|, K) positions
+* MAP@K       = sum_{r<=K} Precision@r * rel(r) / min(|relevant|, K)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+
+METRICS = ("recall", "ndcg", "precision", "map")
+
+
+def metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """hits[u, r] = 1 if the item at rank r (0-based) is relevant for user u; MMRec's formulas."""
+    hits = hits.astype(np.float64)
+    n_relevant = n_relevant.astype(np.float64)
+    max_k = hits.shape[1]
+    positions = np.arange(1, max_k + 1, dtype=np.float64)
+    cum_hits = np.cumsum(hits, axis=1)
+    discounts = 1.0 / np.log2(positions + 1.0)
+    dcg = np.cumsum(hits * discounts, axis=1)
+    ideal = np.cumsum(discounts)
+    prec_at = cum_hits / positions
+    ap_sum = np.cumsum(prec_at * hits, axis=1)
+    out: dict[str, float] = {}
+    for k in ks:
+        if k > max_k:
+            raise ValueError(f"metric cut-off {k} exceeds the ranked list length {max_k}")
+        capped = np.minimum(n_relevant, k)
+        idcg = ideal[capped.astype(int) - 1]
+        out[f"recall@{k}"] = float(np.mean(cum_hits[:, k - 1] / n_relevant))
+        out[f"ndcg@{k}"] = float(np.mean(dcg[:, k - 1] / idcg))
+        out[f"precision@{k}"] = float(np.mean(cum_hits[:, k - 1] / k))
+        out[f"map@{k}"] = float(np.mean(ap_sum[:, k - 1] / capped))
+    return out
+
+
+@dataclass
+class Ranking:
+    users: np.ndarray  # evaluated users
+    topk: np.ndarray  # [n_users, max_k] item indices, best first
+    scores: np.ndarray  # [n_users, max_k] their scores
+    hits: np.ndarray  # [n_users, max_k] bool
+    n_relevant: np.ndarray  # [n_users]
+
+
+def rank(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    train: sp.csr_matrix,
+    truth: sp.csr_matrix,
+    max_k: int,
+    batch_users: int = 1024,
+    users: np.ndarray | None = None,
+) -> Ranking:
+    """Rank all items for each user with relevant items in `truth` (and training history)."""
+    train = sp.csr_matrix(train)
+    truth = sp.csr_matrix(truth)
+    if users is None:
+        has_truth = np.diff(truth.indptr) > 0
+        has_train = np.diff(train.indptr) > 0
+        users = np.flatnonzero(has_truth & has_train)
+    n_items = train.shape[1]
+    max_k = min(max_k, n_items)
+    topk = np.zeros((len(users), max_k), dtype=np.int64)
+    top_scores = np.zeros((len(users), max_k), dtype=np.float32)
+    hits = np.zeros((len(users), max_k), dtype=bool)
+    with torch.no_grad():
+        for start in range(0, len(users), batch_users):
+            batch = users[start : start + batch_users]
+            scores = score_fn(torch.from_numpy(batch)).detach().float().clone()
+            seen = train[batch].tocoo()
+            scores[torch.from_numpy(seen.row).long(), torch.from_numpy(seen.col).long()] = -torch.inf
+            values, order = torch.sort(scores, dim=1, descending=True, stable=True)
+            top = order[:, :max_k].numpy()
+            topk[start : start + len(batch)] = top
+            top_scores[start : start + len(batch)] = values[:, :max_k].numpy()
+            relevant = truth[batch].tocoo()
+            relevant_keys = relevant.row.astype(np.int64) * n_items + relevant.col
+            top_keys = np.arange(len(batch), dtype=np.int64)[:, None] * n_items + top
+            hits[start : start + len(batch)] = np.isin(top_keys, relevant_keys)
+    n_relevant = np.diff(truth.indptr)[users]
+    return Ranking(users=users, topk=topk, scores=top_scores, hits=hits, n_relevant=n_relevant)
+
+
+def evaluate(
+    score_fn: Callable[[torch.Tensor], torch.Tensor],
+    train: sp.csr_matrix,
+    truth: sp.csr_matrix,
+    ks: Sequence[int],
+    batch_users: int = 1024,
+) -> tuple[dict[str, float], Ranking]:
+    ranking = rank(score_fn, train, truth, max(ks), batch_users)
+    if len(ranking.users) == 0:
+        raise ValueError("no user has both training interactions and relevant items to evaluate")
+    metrics = metrics_from_hits(ranking.hits, ranking.n_relevant, ks)
+    return metrics, ranking

@@ -1,0 +1,135 @@
+"""Stage `train`: fit one model on one setting's training split; keep the best checkpoint by validation.
+
+Writes `runs/<ds>/<model>/<setting>/model.pt` (best state, hyperparameters, best epoch) and
+`history.csv` (one row per epoch: loss, validation metrics, seconds) for `dvc plots`.
+The `--group` flag is the dvc.yaml stage group that runs the model; it must match what the model
+reads, or DVC would not track the model's inputs.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from models.data import load_train_data
+from models.registry import get_model
+from models.trainer import TrainConfig, fit
+from stages.common.io import atomic_path, write_text
+from stages.common.log import get_logger, progress_disabled
+from stages.common.params import ParamsError, get, load_params, stage_args
+
+log = get_logger("train")
+
+GROUP_LISTS = {
+    "id": "pipeline.id_models",
+    "feat": "pipeline.feature_models / pipeline.cold_feature_models",
+    "graph": "pipeline.graph_models / pipeline.cold_graph_models",
+}
+
+
+def model_hparams(params: dict[str, Any], model: str) -> dict[str, Any]:
+    hp = get(params, f"train.{model}", None)
+    if hp is None:
+        raise ParamsError(f"params.yaml: no hyperparameters for model '{model}' (add a train.{model} block)")
+    return dict(hp)
+
+
+def check_group(model: str, cls_group: str, group: str) -> None:
+    if cls_group != group:
+        raise ParamsError(
+            f"params.yaml: model '{model}' reads {cls_group!r} inputs, so it must be listed in "
+            f"{GROUP_LISTS[cls_group]}, not {GROUP_LISTS[group]} (dvc.yaml tracks each list's inputs)"
+        )
+
+
+def run_dir(dataset: str, model: str, setting: str, runs_root: Path = Path("runs")) -> Path:
+    return runs_root / dataset / model / setting
+
+
+def history_csv(rows: list[dict[str, float]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def run(
+    dataset: str,
+    model_name: str,
+    setting: str,
+    group: str,
+    params: dict[str, Any],
+    out_root: Path = Path("processed"),
+    runs_root: Path = Path("runs"),
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    cls = get_model(model_name)
+    check_group(model_name, cls.group, group)
+    if setting == "cold" and not cls.scores_cold_items:
+        raise ParamsError(f"model '{model_name}' cannot score cold items; it runs in the warm setting only")
+    threads = int(get(params, "train.num_threads", 0)) or os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    cfg = TrainConfig.from_params(dict(get(params, "train.common")))
+    hp = model_hparams(params, model_name)
+    data, split = load_train_data(out_root / dataset, setting, cls.group, dict(get(params, "features.modalities")))
+
+    torch.manual_seed(cfg.seed)
+    model = cls(data, hp)
+    result = fit(model, data, split.valid, cfg, log, progress=not progress_disabled())
+    out_dir = run_dir(dataset, model_name, setting, runs_root)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    epochs = [r for r in result.history if r.get("train_seconds")]
+    summary = {
+        "model": model_name,
+        "setting": setting,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "best_valid": result.best_valid,
+        "seconds_per_epoch": round(sum(r["train_seconds"] for r in epochs) / len(epochs), 4) if epochs else 0.0,
+        "train_seconds": round(time.perf_counter() - start, 2),
+    }
+    with atomic_path(out_dir / "model.pt") as tmp:
+        torch.save({"state_dict": result.best_state, "hp": hp, "summary": summary}, tmp)
+    write_text(out_dir / "history.csv", history_csv(result.history))
+    log.info(
+        "%s/%s/%s: best valid %s %.4f at epoch %d of %d (%.3f s/epoch), %.1f s",
+        dataset,
+        model_name,
+        setting,
+        cfg.valid_metric,
+        result.best_valid.get(cfg.valid_metric, float("nan")),
+        result.best_epoch,
+        len(result.history),
+        summary["seconds_per_epoch"],
+        summary["train_seconds"],
+    )
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = stage_args(
+        __doc__.splitlines()[0],
+        extra=[
+            ("--model", {"required": True}),
+            ("--setting", {"required": True, "choices": ["warm", "cold"]}),
+            ("--group", {"required": True, "choices": sorted(GROUP_LISTS)}),
+        ],
+    )
+    args = parser.parse_args(argv)
+    run(args.dataset, args.model, args.setting, args.group, load_params(args.params))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

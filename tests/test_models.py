@@ -1,0 +1,154 @@
+"""Models: loss shapes and gradients on a tiny graph, one epoch lowers the loss on demo data, trainer rules."""
+
+from __future__ import annotations
+
+import logging
+import shutil
+
+import numpy as np
+import pytest
+import scipy.sparse as sp
+import torch
+
+from models.base import TrainData
+from models.data import load_train_data
+from models.registry import MODELS, get_model
+from models.trainer import NegativeSampler, TrainConfig, fit
+from stages import coldstart, features, graphs, train
+
+log = logging.getLogger("test")
+
+
+def tiny_data(n_users: int = 6, n_items: int = 8, seed: int = 0) -> TrainData:
+    rng = np.random.default_rng(seed)
+    dense = (rng.random((n_users, n_items)) < 0.4).astype(np.float32)
+    dense[:, 0] = 1  # every user has a training item
+    dense[:, -1] = 0  # the last item is cold: no training interaction
+    knn = {m: graphs.knn_graph(rng.normal(size=(n_items, 4)).astype(np.float32), 3, True) for m in ("image", "text")}
+    return TrainData(
+        n_users=n_users,
+        n_items=n_items,
+        train=sp.csr_matrix(dense),
+        features={"image": torch.randn(n_items, 5), "text": torch.randn(n_items, 7)},
+        knn=knn,
+        user_co=graphs.cooccurrence(sp.csr_matrix(dense), 2),
+        item_co=graphs.cooccurrence(sp.csr_matrix(dense.T), 2),
+    )
+
+
+def hp_for(name: str, params: dict) -> dict:
+    return dict(params["train"][name])
+
+
+@pytest.mark.parametrize("name", ["bpr", "lightgcn", "vbpr", "itemknn"])
+def test_loss_scores_and_gradients_on_tiny_graph(name, params):
+    torch.manual_seed(0)
+    data = tiny_data()
+    model = get_model(name)(data, hp_for(name, params))
+    users, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]), torch.tensor([3, 4, 5])
+    scores = model.scorer()(torch.tensor([0, 1]))
+    assert scores.shape == (2, data.n_items) and torch.isfinite(scores).all()
+    if not model.trainable:
+        assert list(model.parameters()) == []
+        return
+    loss = model.loss(users, pos, neg)
+    assert loss.ndim == 0 and torch.isfinite(loss)
+    loss.backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is not None and torch.isfinite(g).all() for g in grads.values())
+    assert all(g.abs().sum() > 0 for g in grads.values()), "every parameter gets a gradient"
+
+
+def test_models_that_claim_cold_items_score_them_from_content(params):
+    data = tiny_data()
+    cold = data.n_items - 1
+    for name, cls in sorted(MODELS.items()):
+        if not cls.scores_cold_items:
+            continue
+        model = cls(data, hp_for(name, params))
+        scores = model.scorer()(torch.arange(data.n_users))
+        assert scores[:, cold].abs().sum() > 0, name
+    vbpr = get_model("vbpr")(data, hp_for("vbpr", params))
+    _, items = vbpr.final_embeddings()
+    dim = params["train"]["vbpr"]["embedding_size"]
+    assert items[cold, :dim].abs().sum() == 0  # the untrained ID half of a cold item is not used
+
+
+def test_negative_sampler_avoids_positives_and_cold_items():
+    data = tiny_data()
+    sampler = NegativeSampler(data.train)
+    rng = np.random.default_rng(1)
+    users = np.repeat(np.arange(data.n_users), 200)
+    neg = sampler.sample(rng, users)
+    assert not sampler.is_positive(users, neg).any()
+    assert data.n_items - 1 not in set(neg.tolist())  # never a cold item
+
+
+@pytest.fixture(scope="module")
+def demo_ready(tmp_path_factory, demo_project):
+    """The tiny demo with features, coldstart and graphs, for training tests."""
+    from tests.conftest import tiny_params
+
+    root = tmp_path_factory.mktemp("ready") / "processed"
+    shutil.copytree(demo_project / "processed", root)
+    params = tiny_params()
+    params["features"]["clip_image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
+    for enc in ("sbert", "clip_image"):
+        features.run("demo", enc, params, root)
+    coldstart.run("demo", params, root)
+    graphs.run("demo", params, root)
+    return root
+
+
+def dataset_loss(model, data: TrainData, seed: int = 5) -> float:
+    """Mean loss over every training pair with fixed negatives."""
+    coo = data.train.tocoo()
+    neg = NegativeSampler(data.train).sample(np.random.default_rng(seed), coo.row)
+    with torch.no_grad():
+        return float(model.loss(torch.from_numpy(coo.row).long(), torch.from_numpy(coo.col).long(),
+                                torch.from_numpy(neg).long()))  # fmt: skip
+
+
+@pytest.mark.parametrize("name", ["bpr", "lightgcn", "vbpr"])
+def test_one_epoch_lowers_the_loss_on_demo_data(name, params, demo_ready):
+    cls = get_model(name)
+    data, split = load_train_data(demo_ready / "demo", "warm", cls.group, params["features"]["modalities"])
+    torch.manual_seed(0)
+    model = cls(data, hp_for(name, params))
+    before = dataset_loss(model, data)
+    cfg = TrainConfig(epochs=1, patience=5, batch_size=128, lr=0.01)
+    result = fit(model, data, split.valid, cfg, log, progress=False)
+    model.load_state_dict(result.best_state)
+    assert dataset_loss(model, data) < before
+    assert result.history[0]["epoch"] == 1 and "valid_recall@20" in result.history[0]
+
+
+def test_early_stopping_keeps_best_epoch(params, demo_ready):
+    cls = get_model("bpr")
+    data, split = load_train_data(demo_ready / "demo", "warm", "id", {})
+    model = cls(data, hp_for("bpr", params))
+    cfg = TrainConfig(epochs=60, patience=3, batch_size=128, lr=0.05)
+    result = fit(model, data, split.valid, cfg, log, progress=False)
+    values = [r["valid_recall@20"] for r in result.history]
+    assert len(values) < 60  # stopped early
+    assert values[result.best_epoch - 1] == max(values) == pytest.approx(result.best_valid["recall@20"], abs=1e-6)
+    assert all(v <= max(values) for v in values[result.best_epoch :]) and len(values) - result.best_epoch == 3
+
+
+def test_training_is_reproducible_with_fixed_seed(params, demo_ready, tmp_path):
+    params["train"]["common"].update(epochs=2)
+    a = train.run("demo", "lightgcn", "warm", "id", params, demo_ready, tmp_path / "a")
+    b = train.run("demo", "lightgcn", "warm", "id", params, demo_ready, tmp_path / "b")
+    assert a["best_valid"] == b["best_valid"]
+    sa = torch.load(tmp_path / "a/demo/lightgcn/warm/model.pt")["state_dict"]
+    sb = torch.load(tmp_path / "b/demo/lightgcn/warm/model.pt")["state_dict"]
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_model_in_the_wrong_group_is_rejected(params, demo_ready, tmp_path):
+    with pytest.raises(ValueError, match=r"model 'vbpr' reads 'feat' inputs.*pipeline.feature_models"):
+        train.run("demo", "vbpr", "warm", "id", params, demo_ready, tmp_path)
+    with pytest.raises(ValueError, match="cannot score cold items"):
+        train.run("demo", "bpr", "cold", "id", params, demo_ready, tmp_path)
+    with pytest.raises(ValueError, match="unknown keys"):
+        TrainConfig.from_params({"epochz": 3})
