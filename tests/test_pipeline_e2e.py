@@ -1,0 +1,183 @@
+"""End to end through DVC: the project copied into a temp git repo, a tiny demo config, `dvc repro`.
+
+Checks the outputs, that a second repro does nothing, that editing one params key re-runs exactly the
+dependent stages, `dvc exp run -S`, and a push/pull round trip through a local remote into a clone.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import ROOT, tiny_params
+
+PROJECT_FILES = ["stages", "models", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
+
+
+class Project:
+    """A copy of the project in its own git repo, with commands run there as a user would."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        bin_dir = str(Path(sys.executable).parent)
+        self.env = {
+            **os.environ,
+            "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+            "HF_HUB_OFFLINE": "1",
+            "MMPIPE_PROGRESS": "0",
+            "GIT_AUTHOR_NAME": "t",
+            "GIT_AUTHOR_EMAIL": "t@example.com",
+            "GIT_COMMITTER_NAME": "t",
+            "GIT_COMMITTER_EMAIL": "t@example.com",
+            "DVC_NO_ANALYTICS": "1",
+        }
+
+    def sh(self, *args: str, cwd: Path | None = None) -> str:
+        proc = subprocess.run(args, cwd=cwd or self.path, env=self.env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            output = f"{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+            raise AssertionError(f"{' '.join(args)} failed ({proc.returncode}):\n{output}")
+        return proc.stdout + proc.stderr
+
+    def json(self, *args: str):
+        """Run a command and parse its standard output as JSON."""
+        proc = subprocess.run(args, cwd=self.path, env=self.env, capture_output=True, text=True, check=True)
+        return json.loads(proc.stdout)
+
+    def repro(self) -> set[str]:
+        """Run `dvc repro`; return the names of the stages that ran."""
+        return set(re.findall(r"Running stage '([^']+)'", self.sh("dvc", "repro")))
+
+    def set_param(self, dotted: str, value) -> None:
+        params = yaml.safe_load((self.path / "params.yaml").read_text())
+        node = params
+        *parents, last = dotted.split(".")
+        for key in parents:
+            node = node[key]
+        node[last] = value
+        (self.path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    def commit(self, message: str) -> None:
+        self.sh("git", "add", "-A")
+        self.sh("git", "commit", "-q", "-m", message)
+
+
+def copy_project(path: Path, params: dict | None = None) -> Project:
+    """The project's files in a new git repo with DVC initialised and everything committed."""
+    path.mkdir(parents=True)
+    for name in PROJECT_FILES:
+        src = ROOT / name
+        if src.is_dir():
+            shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
+        else:
+            shutil.copy2(src, path / name)
+    if params is not None:
+        (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    proj = Project(path)
+    proj.sh("git", "init", "-q")
+    proj.sh("dvc", "init", "-q")
+    proj.commit("project")
+    return proj
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory) -> Project:
+    return copy_project(tmp_path_factory.mktemp("e2e") / "proj", tiny_params())
+
+
+def all_stages(proj: Project) -> set[str]:
+    out = proj.sh("dvc", "stage", "list", "--name-only")
+    return set(out.split())
+
+
+def test_full_repro_builds_every_output(project):
+    ran = project.repro()
+    assert ran == all_stages(project)
+    p = project.path
+    for rel in ["raw/demo/MANIFEST.json", "processed/demo/interactions.parquet", "processed/demo/images.lmdb",
+                "processed/demo/features/sbert.parquet", "processed/demo/features/clip_image.lmdb",
+                "processed/demo/graphs/knn/text.npz", "processed/demo/coldstart.parquet",
+                "reports/results.md", "reports/results.csv"]:  # fmt: skip
+        assert (p / rel).is_file(), rel
+    for model, setting in [("bpr", "warm"), ("lightgcn", "warm"), ("vbpr", "warm"), ("vbpr", "cold"),
+                           ("itemknn", "warm"), ("itemknn", "cold")]:  # fmt: skip
+        metrics = json.loads((p / f"runs/demo/{model}/{setting}/metrics.json").read_text())
+        for name in ("recall", "ndcg", "precision", "map"):
+            for k in (5, 10, 20, 50):
+                assert 0.0 <= metrics["test"][f"{name}@{k}"] <= 1.0
+        assert metrics["test"]["recall@50"] >= metrics["test"]["recall@5"]
+        assert metrics["users_evaluated"] > 0
+        assert (p / f"runs/demo/{model}/{setting}/history.csv").read_text().startswith("epoch,")
+    bpr = json.loads((p / "runs/demo/bpr/warm/metrics.json").read_text())
+    assert "not supported" in bpr["cold_start"]
+    assert bpr["test"]["recall@20"] > 20 / 66  # far better than random ranking on the demo's structure
+    report = (p / "reports/results.md").read_text()
+    assert all(f"| {m} |" in report for m in ("bpr", "lightgcn", "vbpr", "itemknn"))
+    assert list((p / "reports/plots").glob("*.png"))
+    shown = next(iter(project.json("dvc", "metrics", "show", "--json").values()))["data"]  # the workspace
+    for model in ("bpr", "lightgcn", "vbpr", "itemknn"):
+        test = shown[f"runs/demo/{model}/warm/metrics.json"]["data"]["test"]
+        assert {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map") for k in (5, 10, 20, 50)} <= set(test)
+    html = project.sh("dvc", "plots", "show", "-o", "plots_html")
+    page = (project.path / "plots_html/index.html").read_text()
+    assert "history.csv" in page and "valid_recall@20" in page and "plots_html" in html
+
+
+def test_second_repro_does_nothing(project):
+    assert project.repro() == set()
+    assert "up to date" in project.sh("dvc", "status")
+
+
+def test_item_knn_k_reruns_graphs_and_graph_models_only(project):
+    k = yaml.safe_load((project.path / "params.yaml").read_text())["graphs"]["item_knn_k"]
+    project.set_param("graphs.item_knn_k", k + 1)
+    ran = project.repro()
+    graph_models = {s for s in all_stages(project) if re.match(r"(train|evaluate)_graph(_cold)?@", s)}
+    assert graph_models, "the demo config enables a graph model"
+    assert ran == {"graphs@demo", "report"} | graph_models
+
+
+def test_lightgcn_layers_rerun_only_lightgcn_and_report(project):
+    project.set_param("train.lightgcn.n_layers", 1)
+    assert project.repro() == {"train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"}
+
+
+def test_push_pull_round_trip_into_a_fresh_clone(project, tmp_path):
+    remote = tmp_path / "remote"
+    project.sh("dvc", "remote", "add", "-d", "local", str(remote))
+    project.commit("results")
+    project.sh("dvc", "push")
+    clone = tmp_path / "clone"
+    project.sh("git", "clone", "-q", str(project.path), str(clone))
+    project.sh("dvc", "pull", cwd=clone)
+    assert "up to date" in project.sh("dvc", "status", cwd=clone)
+    out = project.sh("dvc", "repro", cwd=clone)
+    assert "Running stage" not in out
+    for rel in ("processed/demo/features/sbert.lmdb", "runs/demo/vbpr/cold/model.pt", "raw/demo/images"):
+        assert (clone / rel).exists(), rel
+
+
+def test_exp_run_with_set_param_and_show(project):
+    out = project.sh("dvc", "exp", "run", "-S", "train.lightgcn.n_layers=2")
+    assert set(re.findall(r"Running stage '([^']+)'", out)) == {
+        "train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"
+    }  # fmt: skip
+    rows = project.json("dvc", "exp", "show", "--json")
+    metric = "runs/demo/lightgcn/warm/metrics.json"
+    runs = {}
+    for row in rows:
+        for exp in [row, *(e for group in row.get("experiments") or [] for e in group.get("revs", []))]:
+            data = exp.get("data") or {}
+            layers = data.get("params", {}).get("params.yaml", {}).get("data", {})["train"]["lightgcn"]["n_layers"]
+            recall = data.get("metrics", {}).get(metric, {}).get("data", {}).get("test", {}).get("recall@20")
+            runs[exp.get("name") or exp.get("rev")] = (layers, recall)
+    assert any(layers == 2 and recall is not None for layers, recall in runs.values()), runs
+    assert any(layers == 1 and recall is not None for layers, recall in runs.values()), runs  # the baseline
