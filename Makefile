@@ -2,10 +2,14 @@
 PYTHON ?= python3.11
 VENV ?= .venv
 BIN := $(VENV)/bin
+PLOTS_TEMPLATE := $(VENV)/share/dvc-plots-offline.html
+VEGA_PACKAGES := vega@5.20.2 vega-lite@5.2.0 vega-embed@6.18.2
+# dvc runs each stage's `python -m stages.<name>` with this PATH: the project's venv comes first.
+export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo setup test test-slow bench lint clean-outputs
+.PHONY: demo setup test test-slow bench lint
 
 # Set up (if needed) and run the whole DAG on the embedded demo dataset.
 demo: setup
@@ -14,7 +18,7 @@ demo: setup
 
 # The virtual environment, rebuilt when pyproject.toml changes. torch==2.13.0 first: that pin takes the
 # CPU build from this machine's disk instead of a multi-GB CUDA build.
-setup: $(VENV)/.installed
+setup: $(VENV)/.installed $(PLOTS_TEMPLATE)
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +26,19 @@ $(VENV)/.installed: pyproject.toml
 	$(BIN)/python -m pip install --quiet torch==2.13.0
 	$(BIN)/python -m pip install --quiet -e ".[dev]"
 	touch $@
+
+# `dvc plots show` writes HTML that loads vega from a CDN. For offline viewing, this template inlines
+# vega, vega-lite and vega-embed (the versions dvc-render uses), fetched once from the npm registry, and
+# is set as this clone's plots.html_template (.dvc/config.local, not committed).
+$(PLOTS_TEMPLATE): $(VENV)/.installed
+	rm -rf $(VENV)/share/vega && mkdir -p $(VENV)/share/vega
+	cd $(VENV)/share/vega && npm pack --silent $(VEGA_PACKAGES) >/dev/null
+	cd $(VENV)/share/vega && for t in *.tgz; do tar xzf $$t package/build; mv package/build/*.min.js .; rm -rf package; done
+	{ printf '<!DOCTYPE html>\n<html>\n<head>\n{refresh_tag}\n<title>DVC Plot</title>\n'; \
+	  for js in vega vega-lite vega-embed; do printf '<script>\n'; cat $(VENV)/share/vega/$$js.min.js; printf '\n</script>\n'; done; \
+	  printf '</head>\n<body>\n{plot_divs}\n</body>\n</html>\n'; } > $@.tmp
+	mv $@.tmp $@
+	$(BIN)/dvc config --local plots.html_template $(abspath $@)
 
 # The default (fast) test suite; CI runs exactly this.
 test: setup

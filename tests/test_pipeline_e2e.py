@@ -131,6 +131,17 @@ def test_full_repro_builds_every_output(project):
     assert "history.csv" in page and "valid_recall@20" in page and "plots_html" in html
 
 
+def test_plots_html_renders_without_network(project):
+    """`make setup` builds a template with vega inlined; with it, the page loads nothing from outside."""
+    template = ROOT / ".venv/share/dvc-plots-offline.html"
+    if not template.is_file():
+        pytest.fail(f"{template} is missing: `make setup` builds it (npm pack of vega, vega-lite, vega-embed)")
+    project.sh("dvc", "plots", "show", "-o", "offline_html", "--html-template", str(template))
+    page = (project.path / "offline_html/index.html").read_text()
+    assert "vegaEmbed" in page and "valid_recall@20" in page
+    assert not re.search(r"<script[^>]+src=", page), "no script is loaded from elsewhere"
+
+
 def test_second_repro_does_nothing(project):
     assert project.repro() == set()
     assert "up to date" in project.sh("dvc", "status")
