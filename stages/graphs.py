@@ -46,6 +46,8 @@ def knn_graph(features: np.ndarray, k: int, include_self: bool, block: int = 204
     """Top-k cosine neighbours of every row, one block of rows against all rows at a time."""
     n = features.shape[0]
     k = min(k, n if include_self else n - 1)
+    if k <= 0:
+        return sp.csr_matrix((n, n), dtype=np.float32)
     norms = np.linalg.norm(features, axis=1, keepdims=True)
     unit = (features / np.maximum(norms, 1e-12)).astype(np.float32)
     cols = np.empty((n, k), dtype=np.int64)
