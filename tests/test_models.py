@@ -4,17 +4,21 @@ from __future__ import annotations
 
 import logging
 import shutil
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import scipy.sparse as sp
 import torch
+import yaml
 
 from models.base import TrainData
 from models.data import load_train_data
 from models.registry import MODELS, get_model
 from models.trainer import NegativeSampler, TrainConfig, fit
 from stages import coldstart, features, graphs, train
+from tests.conftest import ROOT
 
 log = logging.getLogger("test")
 
@@ -135,11 +139,18 @@ def test_early_stopping_keeps_best_epoch(params, demo_ready):
     assert all(v <= max(values) for v in values[result.best_epoch :]) and len(values) - result.best_epoch == 3
 
 
-def test_training_is_reproducible_with_fixed_seed(params, demo_ready, tmp_path):
+def test_training_is_reproducible_across_processes(params, demo_ready, tmp_path):
+    """Two separate processes (fresh thread pools) give bit-identical weights."""
+    script = (
+        "import sys, yaml; from pathlib import Path; from stages import train; "
+        "p = yaml.safe_load(open(sys.argv[1])); "
+        "train.run('demo', 'lightgcn', 'warm', 'id', p, Path(sys.argv[2]), Path(sys.argv[3]))"
+    )
     params["train"]["common"].update(epochs=2)
-    a = train.run("demo", "lightgcn", "warm", "id", params, demo_ready, tmp_path / "a")
-    b = train.run("demo", "lightgcn", "warm", "id", params, demo_ready, tmp_path / "b")
-    assert a["best_valid"] == b["best_valid"]
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    for run in ("a", "b"):
+        args = [sys.executable, "-c", script, str(tmp_path / "params.yaml"), str(demo_ready), str(tmp_path / run)]
+        subprocess.run(args, check=True, capture_output=True, cwd=ROOT)
     sa = torch.load(tmp_path / "a/demo/lightgcn/warm/model.pt")["state_dict"]
     sb = torch.load(tmp_path / "b/demo/lightgcn/warm/model.pt")["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
