@@ -25,7 +25,7 @@ def tiny_params() -> dict[str, Any]:
     params = copy.deepcopy(params)
     params["datasets"] = {"demo": dict(TINY_DEMO)}
     params["images"]["size"] = 48
-    params["encoders"]["demo_clip"].update(hidden_size=32, image_size=32, patch_size=8, projection_dim=16)
+    params["demo_clip"].update(hidden_size=32, image_size=32, patch_size=8, projection_dim=16, vocab_size=400)
     params["graphs"]["item_knn_k"] = 5
     params["graphs"]["user_knn_k"] = 5
     params["graphs"]["item_co_k"] = 5
@@ -44,14 +44,15 @@ def demo_project(tmp_path_factory) -> Path:
 
     Read-only for the tests that use it: copy it before changing anything.
     """
-    from stages import download, encoders, images, ingest
+    from stages import demo_clip, download, images, ingest
 
     root = tmp_path_factory.mktemp("demo_project")
     params = tiny_params()
-    params["features"]["clip_image"]["model"] = str(root / "raw/encoders/demo-clip")
+    for enc in ("clip_image", "clip_text"):
+        params["features"][enc]["model"] = str(root / "raw/encoders/demo-clip")
     download.run("demo", params, root / "raw")
     ingest.run("demo", params, root / "raw", root / "processed")
     images.run("demo", params, root / "raw", root / "processed")
-    encoders.run(params, root / "raw/encoders/demo-clip")
+    demo_clip.run(params, root / "raw/encoders/demo-clip")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root

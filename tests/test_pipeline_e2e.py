@@ -161,6 +161,17 @@ def test_lightgcn_layers_rerun_only_lightgcn_and_report(project):
     assert project.repro() == {"train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"}
 
 
+def test_kcore_change_reuses_the_persisted_feature_caches(project):
+    """DVC keeps the LMDB caches (persist: true): after a stricter k-core every item is a cache hit."""
+    project.set_param("kcore.item_min", 6)
+    ran = project.repro()
+    assert {"ingest@demo", "text_features@demo-sbert", "image_features@demo-clip_image"} <= ran
+    assert "download@demo" not in ran and "demo_clip" not in ran
+    for encoder in ("sbert", "clip_text", "clip_image"):
+        stats = json.loads((project.path / f"processed/demo/features/{encoder}.json").read_text())
+        assert stats["encoded"] == 0 and stats["cache_hits"] == stats["with_input"] > 0, encoder
+
+
 def test_push_pull_round_trip_into_a_fresh_clone(project, tmp_path):
     remote = tmp_path / "remote"
     project.sh("dvc", "remote", "add", "-d", "local", str(remote))

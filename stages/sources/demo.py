@@ -160,6 +160,12 @@ REVIEW_LINES = (
 )
 
 
+def vocabulary_texts() -> list[str]:
+    """Every phrase the generator can write, to train the demo CLIP's tokenizer on."""
+    texts = [" ".join((c.name, *c.nouns, *c.adjectives)) for c in CATEGORIES]
+    return texts + list(GENERIC_WORDS) + list(BRANDS) + list(FILLER) + list(REVIEW_LINES)
+
+
 def _ids(rng: np.random.Generator, n: int, prefix: str, length: int) -> list[str]:
     alphabet = np.array(list(string.ascii_uppercase + string.digits))
     seen: set[str] = set()

@@ -1,0 +1,201 @@
+"""features: every encoder kind on real (MiniLM) or tiny seeded models, the cache, fills, offline errors."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from stages import features
+from stages.common.encoders import ENCODERS, ClipImageEncoder, ModelUnavailable, RobertaEncoder
+from stages.common.io import read_features, read_json, read_parquet, write_parquet
+from stages.common.model_builders import build_roberta
+from stages.sources import demo
+
+TINY = {"seed": 1, "hidden_size": 32, "layers": 2, "heads": 2, "vocab_size": 400}
+
+
+@pytest.fixture(scope="module")
+def tiny_roberta(tmp_path_factory) -> Path:
+    return build_roberta(tmp_path_factory.mktemp("roberta"), TINY, demo.vocabulary_texts())
+
+
+@pytest.fixture
+def project(tmp_path, demo_project) -> Path:
+    """A writable copy of the tiny demo's processed data."""
+    root = tmp_path / "processed"
+    shutil.copytree(demo_project / "processed", root)
+    return root
+
+
+def test_render_text_template_handles_missing_fields():
+    row = {"title": "Soft Rattle", "brand": None, "categories": ["Baby", "Toys"], "description": ""}
+    assert features.render_text(row, "{title} {brand} {categories} {description}") == "Soft Rattle Baby Toys"
+    assert features.render_text({"title": None}, "{title}") == ""
+    with pytest.raises(ValueError, match="field 'colour'"):
+        features.render_text(row, "{colour}")
+
+
+def test_registry_has_the_four_kinds():
+    assert sorted(ENCODERS) == ["clip_image", "clip_text", "roberta", "sbert"]
+    assert {k: c.modality for k, c in ENCODERS.items()} == {
+        "sbert": "text", "roberta": "text", "clip_text": "text", "clip_image": "image"
+    }  # fmt: skip
+
+
+def test_sbert_flags_items_without_text_and_uses_cache(params, project):
+    params["features"]["sbert"]["batch_size"] = 16
+    first = features.run("demo", "sbert", params, project)
+    items = read_parquet(project / "demo/items.parquet").to_pylist()
+    no_text = [not any(r[k] for k in ("title", "brand", "categories", "description")) for r in items]
+    matrix, has_input = read_features(project / "demo/features/sbert.parquet")
+    assert matrix.shape == (len(items), 384) and matrix.dtype == np.float32
+    assert (~has_input).tolist() == no_text and any(no_text)  # the demo plants items without metadata
+    np.testing.assert_allclose(matrix[~has_input][0], matrix[has_input].mean(axis=0), rtol=1e-5)
+    assert first["cache_hits"] == 0 and first["encoded"] == first["with_input"]
+
+    before = (project / "demo/features/sbert.parquet").read_bytes()
+    again = features.run("demo", "sbert", params, project)
+    assert again["encoded"] == 0 and again["cache_hits"] == again["with_input"]
+    assert (project / "demo/features/sbert.parquet").read_bytes() == before
+
+    params["features"]["sbert"]["max_tokens"] = 16  # new fingerprint: everything is encoded again
+    third = features.run("demo", "sbert", params, project)
+    assert third["fingerprint"] != first["fingerprint"] and third["encoded"] == first["encoded"]
+    assert third["cache_entries"] == 2 * first["cache_entries"]
+
+    params["features"]["text_template"] = "{title}"  # new inputs: new keys, encoded again
+    assert features.run("demo", "sbert", params, project)["cache_hits"] == 0
+
+    params["features"]["fill"] = "zero"
+    features.run("demo", "sbert", params, project)
+    zero, _ = read_features(project / "demo/features/sbert.parquet")
+    assert not zero[~has_input].any()
+
+
+def test_cache_encodes_exactly_the_new_items(params, project):
+    full = read_parquet(project / "demo/items.parquet")
+    cut = int(len(full) * 0.9)
+    write_parquet(project / "demo/items.parquet", full.slice(0, cut))
+    first = features.run("demo", "sbert", params, project)
+    write_parquet(project / "demo/items.parquet", full)  # a k-core change brings 10% more items
+    second = features.run("demo", "sbert", params, project)
+    assert second["cache_hits"] == first["with_input"]
+    assert second["encoded"] == second["with_input"] - first["with_input"] > 0
+
+
+def test_output_bytes_are_deterministic(params, project, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(project, other)
+    for root in (project, other):
+        features.run("demo", "sbert", params, root)
+    a, b = (r / "demo/features/sbert.parquet" for r in (project, other))
+    assert a.read_bytes() == b.read_bytes()
+    assert (project / "demo/features/sbert.lmdb").read_bytes() == (other / "demo/features/sbert.lmdb").read_bytes()
+
+
+def test_roberta_mean_pooling_ignores_padding(tiny_roberta):
+    cfg = {"model": str(tiny_roberta), "batch_size": 8, "max_tokens": 64, "pooling": "mean"}
+    enc = RobertaEncoder("roberta", cfg, allow_download=False)
+    texts = ["Soft rattle", "A foldable stroller for your newborn, lightweight and all-terrain", "Bib"]
+    batched = enc.encode(texts)
+    alone = np.stack([enc.encode([t])[0] for t in texts])  # no padding at all
+    np.testing.assert_allclose(batched, alone, atol=1e-5)
+    # mean pooling by hand for one text
+    tok = enc.tokenizer(texts[0], return_tensors="pt")
+    with torch.no_grad():
+        hidden = enc.model(**tok).last_hidden_state[0]
+    np.testing.assert_allclose(batched[0], hidden.mean(dim=0).numpy(), atol=1e-5)
+    cls = RobertaEncoder("roberta", {**cfg, "pooling": "cls"}, allow_download=False)
+    np.testing.assert_allclose(cls.encode(texts[:1])[0], hidden[0].numpy(), atol=1e-5)
+    assert cls.fingerprint_parts != enc.fingerprint_parts
+
+
+def test_roberta_features_stage_with_tiny_local_model(params, project, tiny_roberta):
+    params["features"]["roberta"].update(model=str(tiny_roberta), batch_size=8)
+    stats = features.run("demo", "roberta", params, project)
+    matrix, has_input = read_features(project / "demo/features/roberta.parquet")
+    assert stats["dim"] == TINY["hidden_size"] == matrix.shape[1]
+    assert np.isfinite(matrix).all() and stats["with_input"] == int(has_input.sum())
+    params["features"]["roberta"]["dtype"] = "bfloat16"
+    low = features.run("demo", "roberta", params, project)
+    assert low["fingerprint"] != stats["fingerprint"] and low["encoded"] == stats["encoded"]
+    bf16, _ = read_features(project / "demo/features/roberta.parquet")
+    assert np.abs(bf16 - matrix).max() < 0.1 * np.abs(matrix).max()  # close, not equal
+
+
+def test_clip_text_features_are_normalised(params, project, demo_project):
+    params["features"]["clip_text"].update(model=str(demo_project / "raw/encoders/demo-clip"), normalize=True)
+    stats = features.run("demo", "clip_text", params, project)
+    matrix, has_input = read_features(project / "demo/features/clip_text.parquet")
+    assert stats["dim"] == params["demo_clip"]["projection_dim"]
+    np.testing.assert_allclose(np.linalg.norm(matrix[has_input], axis=1), 1.0, atol=1e-5)
+
+
+def test_clip_image_features_from_local_seeded_model(params, project, demo_project):
+    params["features"]["clip_image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
+    stats = features.run("demo", "clip_image", params, project)
+    report = read_json(project / "demo/images_report.json")
+    assert stats["with_input"] == report["stored"] and stats["without_input"] == report["items"] - report["stored"]
+    matrix, has_input = read_features(project / "demo/features/clip_image.parquet")
+    assert matrix.shape[1] == params["demo_clip"]["projection_dim"] == stats["dim"]
+    assert np.isfinite(matrix).all() and len(np.unique(matrix[has_input].round(5), axis=0)) > 1
+
+
+def test_clip_image_background_decoding_matches_one_by_one(demo_project):
+    from stages.common import lmdb_store
+
+    enc = ClipImageEncoder(
+        "clip_image", {"model": str(demo_project / "raw/encoders/demo-clip"), "batch_size": 3}, False
+    )
+    with lmdb_store.reading(demo_project / "processed/demo/images.lmdb") as txn:
+        jpegs = [value for _, value in txn.cursor()][:10]
+    batched = enc.encode(jpegs)  # 4 batches, decoded ahead in a worker thread
+    with torch.inference_mode():
+        one_by_one = np.concatenate([enc.image_features(enc._pixels([j])).numpy() for j in jpegs])
+    np.testing.assert_allclose(batched, one_by_one, atol=1e-5)
+
+
+def test_clip_output_object_and_tensor_are_both_read(demo_project, params):
+    enc = ClipImageEncoder(
+        "clip_image", {"model": str(demo_project / "raw/encoders/demo-clip"), "batch_size": 4}, False
+    )
+    pixels = torch.zeros(2, 3, 32, 32)
+    from_object = enc.image_features(pixels)  # transformers 5: an output object
+    assert from_object.shape == (2, params["demo_clip"]["projection_dim"])
+    enc.model.get_image_features = lambda pixel_values: torch.ones(2, 16)  # transformers 4: a tensor
+    assert torch.equal(enc.image_features(pixels), torch.ones(2, 16))
+
+
+@pytest.mark.parametrize(
+    ("encoder", "name"),
+    [
+        ("clip_image", "openai/clip-vit-base-patch32"),
+        ("roberta", "roberta-base"),
+        ("sbert", "sentence-transformers/all-mpnet-base-v2"),
+    ],
+)
+def test_unavailable_model_names_model_and_fix(encoder, name, params, project):
+    params["features"][encoder]["model"] = name
+    with pytest.raises(ModelUnavailable) as err:
+        features.run("demo", encoder, params, project)
+    msg = str(err.value)
+    assert name in msg and f"features.{encoder}.model" in msg and "local" in msg and "hub" in msg
+    assert not (project / f"demo/features/{encoder}.parquet").exists()
+
+
+def test_bad_encoder_params_are_rejected(params, tiny_roberta):
+    params["features"]["sbert"]["kind"] = "word2vec"
+    with pytest.raises(ValueError, match="known kinds"):
+        features.run("demo", "sbert", params, Path("/nonexistent"))
+    with pytest.raises(ValueError, match="pooling must be"):
+        RobertaEncoder(
+            "roberta", {"model": str(tiny_roberta), "batch_size": 2, "max_tokens": 8, "pooling": "max"}, False
+        )
+    with pytest.raises(ValueError, match="dtype"):
+        RobertaEncoder(
+            "roberta", {"model": str(tiny_roberta), "batch_size": 2, "max_tokens": 8, "dtype": "int8"}, False
+        )
