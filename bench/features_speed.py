@@ -32,10 +32,10 @@ from stages.common.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBERTA_BASE = {"seed": 0, "hidden_size": 768, "layers": 12, "heads": 12, "intermediate_size": 3072,
-                "vocab_size": 8000, "model_vocab_size": 50265}  # fmt: skip
+                "vocab_size": 4000, "model_vocab_size": 50265}  # fmt: skip
 XLMR_BASE = {**ROBERTA_BASE, "model_vocab_size": 250002}
 CLIP_B32 = {"seed": 0, "hidden_size": 768, "layers": 12, "heads": 12, "intermediate_size": 3072, "image_size": 224,
-            "patch_size": 32, "projection_dim": 512, "vocab_size": 8000, "text_hidden_size": 512,
+            "patch_size": 32, "projection_dim": 512, "vocab_size": 4000, "text_hidden_size": 512,
             "text_heads": 8}  # fmt: skip
 
 

@@ -36,6 +36,7 @@ class TrainData:
     knn: dict[str, sp.csr_matrix] = field(default_factory=dict)  # modality -> item-item top-k cosine
     user_co: sp.csr_matrix | None = None  # user-user co-occurrence counts (top-k)
     item_co: sp.csr_matrix | None = None  # item-item co-occurrence counts (top-k)
+    user_knn: dict[str, sp.csr_matrix] = field(default_factory=dict)  # modality -> user-user top-k cosine
 
     @property
     def seen_items(self) -> np.ndarray:
@@ -58,6 +59,16 @@ class Recommender(nn.Module):
         super().__init__()
         self.n_users, self.n_items = data.n_users, data.n_items
         self.hp = dict(hp)
+        # A model may set its own learning rate (and decay per 50 epochs) where its paper does.
+        self.lr: float | None = float(hp["lr"]) if "lr" in hp else None
+        self.lr_decay = float(hp.get("lr_decay", 1.0))
+
+    def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        """Adam without weight decay, as MMRec; a model overrides this where its paper differs."""
+        return torch.optim.Adam(self.parameters(), lr=lr)
+
+    def on_epoch_start(self, epoch: int, rng: np.random.Generator) -> None:
+        """Called before every training epoch (MMRec's pre_epoch_processing): resample, rebuild."""
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not trained with a loss")
@@ -90,6 +101,7 @@ def emb_loss(*embeddings: torch.Tensor) -> torch.Tensor:
 def sparse_tensor(matrix: sp.spmatrix) -> torch.Tensor:
     """A scipy matrix as a torch sparse CSR tensor (float32)."""
     csr = sp.csr_matrix(matrix, dtype=np.float32)
+    csr.sum_duplicates()  # also sorts the column indices, which torch's CSR tensors require
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="Sparse CSR tensor support is in beta")
         return torch.sparse_csr_tensor(

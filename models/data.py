@@ -74,4 +74,6 @@ def load_train_data(dataset_dir: Path, setting: str, group: str, modalities: dic
             data.knn[modality] = read_csr(dataset_dir / "graphs" / "knn" / f"{modality}.npz")
         data.user_co = read_csr(dataset_dir / "graphs" / setting / "user_co.npz")
         data.item_co = read_csr(dataset_dir / "graphs" / setting / "item_co.npz")
+        for modality in sorted(modalities):
+            data.user_knn[modality] = read_csr(dataset_dir / "graphs" / setting / f"user_knn_{modality}.npz")
     return data, split

@@ -30,4 +30,4 @@ def get_model(name: str) -> type[Recommender]:
 
 def _load_all() -> None:
     """Import every model module so its @register runs."""
-    from models import bpr, itemknn, lightgcn, vbpr  # noqa: F401
+    from models import bpr, freedom, itemknn, lattice, lightgcn, micro, rearm, vbpr  # noqa: F401

@@ -124,7 +124,8 @@ def fit(
     coo = data.train.tocoo()
     users_all, items_all = coo.row.astype(np.int64), coo.col.astype(np.int64)
     sampler = NegativeSampler(data.train)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = model.make_optimizer(model.lr if model.lr is not None else cfg.lr)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: model.lr_decay ** (e / 50))
     best_value, best_epoch, best_valid = -math.inf, 0, {}
     best_state = copy.deepcopy(model.state_dict())
     stale = 0
@@ -132,6 +133,7 @@ def fit(
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress)
     for epoch in bar:
         start = time.perf_counter()
+        model.on_epoch_start(epoch, rng)
         order = rng.permutation(len(users_all))
         total, batches = 0.0, 0
         for s in range(0, len(order), cfg.batch_size):
@@ -146,6 +148,7 @@ def fit(
             optimizer.step()
             total += float(loss.detach())
             batches += 1
+        scheduler.step()
         train_s = time.perf_counter() - start
         row: dict[str, float] = {"epoch": epoch, "loss": round(total / max(batches, 1), 6)}
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:

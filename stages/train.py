@@ -35,10 +35,28 @@ GROUP_LISTS = {
 
 
 def model_hparams(params: dict[str, Any], model: str) -> dict[str, Any]:
-    hp = get(params, f"train.{model}", None)
-    if hp is None:
+    """A model's hyperparameters: its block in params.yaml, with a named preset applied.
+
+    `train.<model>.preset: sports` takes every key of `train.<model>.presets.sports` (a paper's
+    per-dataset setting), then `train.<model>.overrides` on top, so `dvc exp run -S
+    train.rearm.preset=sports` gives exactly the published setting and a tweak stays explicit.
+    """
+    block = get(params, f"train.{model}", None)
+    if block is None:
         raise ParamsError(f"params.yaml: no hyperparameters for model '{model}' (add a train.{model} block)")
-    return dict(hp)
+    hp = dict(block)
+    presets, preset, overrides = hp.pop("presets", {}), hp.pop("preset", None), hp.pop("overrides", {})
+    if preset is not None:
+        if preset not in presets:
+            raise ParamsError(f"params.yaml: train.{model}.preset = {preset!r}; presets: {sorted(presets)}")
+        hp.update(presets[preset])
+    hp.update(overrides or {})
+    return hp
+
+
+def trainer_config(params: dict[str, Any], hp: dict[str, Any]) -> TrainConfig:
+    """train.common, with the model's own `trainer:` overrides (epochs, patience, batch_size, ...)."""
+    return TrainConfig.from_params({**get(params, "train.common"), **hp.get("trainer", {})})
 
 
 def check_group(model: str, cls_group: str, group: str) -> None:
@@ -80,8 +98,8 @@ def run(
         raise ParamsError(f"model '{model_name}' cannot score cold items; it runs in the warm setting only")
     threads = int(get(params, "train.num_threads", 0)) or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    cfg = TrainConfig.from_params(dict(get(params, "train.common")))
     hp = model_hparams(params, model_name)
+    cfg = trainer_config(params, hp)
     data, split = load_train_data(out_root / dataset, setting, cls.group, dict(get(params, "features.modalities")))
 
     torch.manual_seed(cfg.seed)

@@ -26,9 +26,8 @@ def tiny_params() -> dict[str, Any]:
     params["datasets"] = {"demo": dict(TINY_DEMO)}
     params["images"]["size"] = 48
     params["demo_clip"].update(hidden_size=32, image_size=32, patch_size=8, projection_dim=16, vocab_size=400)
-    params["graphs"]["item_knn_k"] = 5
-    params["graphs"]["user_knn_k"] = 5
-    params["graphs"]["item_co_k"] = 5
+    # Every model is unit-tested; the DAG tests need one model of each group (and each cold group).
+    params["pipeline"].update(graph_models=["itemknn", "freedom"], cold_graph_models=["itemknn"])
     params["train"]["common"].update(epochs=3, patience=2, batch_size=256)
     return params
 

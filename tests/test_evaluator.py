@@ -75,3 +75,19 @@ def test_evaluate_skips_users_without_training_or_truth():
     assert metrics["recall@1"] == 1.0 and metrics["ndcg@2"] == 1.0
     with pytest.raises(ValueError, match="no user"):
         evaluate(lambda u: torch.zeros(len(u), 3), train, sp.csr_matrix((3, 3)), [1])
+
+
+def test_stable_topk_equals_a_stable_full_sort_with_many_ties():
+    from models.evaluator import stable_topk
+
+    generator = torch.Generator().manual_seed(0)
+    scores = torch.randint(0, 6, (300, 40), generator=generator).float()  # heavy ties
+    scores[:10] = 0.0  # whole rows tied
+    scores[10:20, 5:] = -torch.inf  # masked items
+    values, index = stable_topk(scores, 7)
+    ref_values, ref_index = torch.sort(scores, dim=1, descending=True, stable=True)
+    assert torch.equal(index, ref_index[:, :7]) and torch.equal(values, ref_values[:, :7])
+    distinct = torch.randn(50, 1000, generator=generator)
+    assert torch.equal(
+        stable_topk(distinct, 20)[1], torch.sort(distinct, dim=1, descending=True, stable=True)[1][:, :20]
+    )

@@ -199,3 +199,12 @@ def test_bad_encoder_params_are_rejected(params, tiny_roberta):
         RobertaEncoder(
             "roberta", {"model": str(tiny_roberta), "batch_size": 2, "max_tokens": 8, "dtype": "int8"}, False
         )
+
+
+def test_demo_clip_build_is_byte_identical(tmp_path, params):
+    from stages import demo_clip
+    from stages.common.io import sha256_tree
+
+    a, b = demo_clip.run(params, tmp_path / "a"), demo_clip.run(params, tmp_path / "b")
+    assert sha256_tree(a) == sha256_tree(b)  # same weights and the same tokenizer merges
+    assert {p.name for p in a.iterdir()} >= {"model.safetensors", "tokenizer.json", "preprocessor_config.json"}

@@ -27,7 +27,7 @@ def test_blockwise_knn_matches_dense_reference(include_self):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(57, 8)).astype(np.float32)
     x[10] = x[20] = x[30] = x[40]  # exact ties, across blocks
-    g = graphs.knn_graph(x, k=4, include_self=include_self, block=16)
+    g = graphs.knn_graph(x, k=4, include_self=include_self, block_mb=16 * 4 * 57 / 2**20)  # 16-row blocks
     ref = dense_topk(x, 4, include_self)
     for i in range(len(x)):
         row = g.getrow(i)
@@ -39,7 +39,7 @@ def test_blockwise_knn_matches_dense_reference(include_self):
 
 def test_knn_tie_break_prefers_smaller_index():
     x = np.ones((6, 3), dtype=np.float32)  # everything ties
-    g = graphs.knn_graph(x, k=2, include_self=False, block=4)
+    g = graphs.knn_graph(x, k=2, include_self=False, block_mb=4 * 4 * 6 / 2**20)
     assert [g.getrow(i).indices.tolist() for i in range(6)] == [[1, 2], [0, 2], [0, 1], [0, 1], [0, 1], [0, 1]]
 
 
@@ -55,9 +55,9 @@ def test_cooccurrence_counts_shared_items_topk_without_self():
             dtype=np.float32,
         )
     )
-    g = graphs.cooccurrence(train, k=1, block=2).toarray()
+    g = graphs.cooccurrence(train, k=1, block_mb=2 * 4 * 4 / 2**20).toarray()
     assert g.tolist() == [[0, 2, 0, 0], [2, 0, 0, 0], [1, 0, 0, 0], [0, 0, 1, 0]]
-    full = graphs.cooccurrence(train, k=10, block=3).toarray()
+    full = graphs.cooccurrence(train, k=10, block_mb=3 * 4 * 4 / 2**20).toarray()
     np.testing.assert_array_equal(full, (train @ train.T).toarray() - np.diag((train @ train.T).diagonal()))
 
 
@@ -102,14 +102,9 @@ def test_graphs_stage_is_deterministic_and_uses_setting_splits(tmp_path, params,
         graphs.run("demo", params, root)
         outs.append(root / "demo/graphs")
     files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*.npz"))
-    assert [str(f) for f in files] == [
-        "cold/item_co.npz",
-        "cold/user_co.npz",
-        "knn/image.npz",
-        "knn/text.npz",
-        "warm/item_co.npz",
-        "warm/user_co.npz",
-    ]
+    per_setting = ["item_co.npz", "user_co.npz", "user_knn_image.npz", "user_knn_text.npz"]
+    expected = [f"cold/{f}" for f in per_setting] + ["knn/image.npz", "knn/text.npz"]
+    assert [str(f) for f in files] == expected + [f"warm/{f}" for f in per_setting]
     for f in files:
         assert (outs[0] / f).read_bytes() == (outs[1] / f).read_bytes(), f
     knn = read_csr(outs[0] / "knn/text.npz")

@@ -9,7 +9,7 @@ stage (the offline demo's image/text CLIP), by the tests (tiny models) and by th
 
 from __future__ import annotations
 
-import json
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -20,45 +20,70 @@ CLIP_SPECIALS = ["<|startoftext|>", "<|endoftext|>"]
 ROBERTA_SPECIALS = ["<s>", "<pad>", "</s>", "<unk>", "<mask>"]
 
 
+def byte_alphabet() -> list[str]:
+    """GPT-2's byte-to-character table: each of the 256 bytes as one printable character."""
+    printable = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1))
+    printable += list(range(ord("®"), ord("ÿ") + 1))
+    chars, extra = [], 0
+    for byte in range(256):
+        if byte in printable:
+            chars.append(chr(byte))
+        else:
+            chars.append(chr(256 + extra))
+            extra += 1
+    return chars
+
+
 def train_bpe(texts: Iterable[str], vocab_size: int, clip_style: bool) -> tuple[dict[str, int], list[tuple[str, str]]]:
-    """A byte-level BPE vocabulary and merges trained on `texts` (deterministic for the same texts).
+    """A byte-level BPE vocabulary and merges learned from `texts`, deterministically.
 
-    clip_style: lower-cased words with a `</w>` end-of-word suffix, as CLIP's tokenizer expects;
-    otherwise RoBERTa's byte-level BPE with its special tokens first.
+    (The `tokenizers` trainer breaks ties between equally frequent pairs in hash order, so two runs give
+    different merges; here ties go to the lexicographically smallest pair.) clip_style: lower-cased
+    words with a `</w>` end-of-word suffix, as CLIP's tokenizer expects; otherwise RoBERTa's style, where
+    a word after a space starts with the byte-level space character.
     """
-    from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, trainers
+    table = byte_alphabet()
+    specials = CLIP_SPECIALS if clip_style else ROBERTA_SPECIALS
+    words: Counter[tuple[str, ...]] = Counter()
+    for text in texts:
+        for n, word in enumerate((text.lower() if clip_style else text).split()):
+            raw = word.encode("utf-8") if clip_style or n == 0 else (" " + word).encode("utf-8")
+            symbols = [table[b] for b in raw]
+            if clip_style:
+                symbols[-1] += "</w>"
+            words[tuple(symbols)] += 1
+    vocab: dict[str, int] = {}
+    for token in [*specials, *table, *([c + "</w>" for c in table] if clip_style else [])]:
+        vocab.setdefault(token, len(vocab))
+    merges: list[tuple[str, str]] = []
+    while len(vocab) < vocab_size:
+        pairs: Counter[tuple[str, str]] = Counter()
+        for word, count in words.items():
+            for pair in zip(word, word[1:], strict=False):
+                pairs[pair] += count
+        if not pairs:
+            break
+        best = min(pairs, key=lambda p: (-pairs[p], p))
+        if pairs[best] < 2:
+            break
+        merged = best[0] + best[1]
+        merges.append(best)
+        vocab.setdefault(merged, len(vocab))
+        words = Counter({_merge(word, best, merged): count for word, count in words.items()})
+    return vocab, merges
 
-    alphabet = pre_tokenizers.ByteLevel.alphabet()
-    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    if clip_style:  # words without spaces, lower-cased, `</w>` on the last piece
-        tokenizer = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
-        tokenizer.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
-        tokenizer.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.WhitespaceSplit(), byte_level])
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=CLIP_SPECIALS, initial_alphabet=alphabet,
-            end_of_word_suffix="</w>", show_progress=False,
-        )  # fmt: skip
-    else:  # RoBERTa: spaces kept as the byte-level 'Ġ' prefix
-        tokenizer = Tokenizer(models.BPE())
-        tokenizer.pre_tokenizer = byte_level
-        trainer = trainers.BpeTrainer(
-            vocab_size=vocab_size, special_tokens=ROBERTA_SPECIALS, initial_alphabet=alphabet, show_progress=False
-        )
-    tokenizer.train_from_iterator(list(texts), trainer=trainer)
-    model = tokenizer.get_vocab()
-    if clip_style:  # every single byte may also end a word
-        for char in sorted(alphabet):
-            model.setdefault(char + "</w>", len(model))
-    merges = [tuple(m) if isinstance(m, list) else tuple(m.split(" ")) for m in _state(tokenizer)["merges"]]
-    return dict(sorted(model.items(), key=lambda kv: kv[1])), merges
 
-
-def _state(tokenizer: Any) -> dict[str, Any]:
-    return json.loads(tokenizer.model.__getstate__())
-
-
-def _reindex(vocab: dict[str, int]) -> dict[str, int]:
-    return {token: i for i, token in enumerate(sorted(vocab, key=vocab.get))}
+def _merge(word: tuple[str, ...], pair: tuple[str, str], merged: str) -> tuple[str, ...]:
+    out: list[str] = []
+    i = 0
+    while i < len(word):
+        if i + 1 < len(word) and (word[i], word[i + 1]) == pair:
+            out.append(merged)
+            i += 2
+        else:
+            out.append(word[i])
+            i += 1
+    return tuple(out)
 
 
 def build_clip(out_dir: Path, cfg: dict[str, Any], texts: Iterable[str]) -> Path:
@@ -66,7 +91,6 @@ def build_clip(out_dir: Path, cfg: dict[str, Any], texts: Iterable[str]) -> Path
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPTokenizerFast
 
     vocab, merges = train_bpe(texts, int(cfg.get("vocab_size", 2000)), clip_style=True)
-    vocab = _reindex(vocab)
     tokenizer = CLIPTokenizerFast(vocab=vocab, merges=merges)
     tokenizer.model_max_length = int(cfg.get("max_positions", 77))
     hidden, layers, heads = int(cfg["hidden_size"]), int(cfg["layers"]), int(cfg["heads"])
@@ -108,7 +132,6 @@ def build_roberta(out_dir: Path, cfg: dict[str, Any], texts: Iterable[str], xlm:
     from transformers import RobertaConfig, RobertaModel, RobertaTokenizerFast, XLMRobertaConfig, XLMRobertaModel
 
     vocab, merges = train_bpe(texts, int(cfg.get("vocab_size", 2000)), clip_style=False)
-    vocab = _reindex(vocab)
     tokenizer = RobertaTokenizerFast(vocab=vocab, merges=merges)
     tokenizer.model_max_length = int(cfg.get("max_positions", 514)) - 2
     config_cls, model_cls = (XLMRobertaConfig, XLMRobertaModel) if xlm else (RobertaConfig, RobertaModel)

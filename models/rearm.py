@@ -1,0 +1,263 @@
+"""REARM (Ma et al., MM'25): refining contrastive learning and homography relations for multimodal recs.
+
+Follows the official MrShouxingMa/REARM code; the 16 flags of its command line are this model's
+hyperparameters (presets for baby / sports / clothing in params.yaml):
+* homogeneous graphs: G_ii = ii_co_weight * C_i + (1 - ii_co_weight) * S_i, where C_i is the item
+  co-occurrence top-`item_knn_k` with softmax(counts) row weights and S_i mixes the per-modality item
+  kNN graphs (cosine top-`item_knn_k`, self included, divided by k) with i_mm_image_weight on image;
+  the user graph G_uu likewise from user co-occurrence and the kNN of user interest vectors (mean of
+  their training items' features), with uu_co_weight, u_mm_image_weight, user_knn_k;
+* [ID | projected image | projected text] of items (users: of their trainable interest vectors) is
+  propagated `n_ii_layers` (`n_uu_layers`) times on G_ii (G_uu), row-L2-normalised over all 192 dims;
+* items: self-attention per modality over the 64 feature positions (one head, 1-d tokens, dropout
+  s_drop on the attention weights) and text->image / image->text cross-attention (dropout m_drop), each
+  with residual, one shared LayerNorm and one shared PReLU; users: PReLU only;
+* the 128-d modality channel and the 64-d ID channel are propagated `num_layer` times on the symmetric
+  user-item graph (mean of layers); a rank-`rank` meta network turns the ID channel into a
+  modal-shared vector; representation = [PReLU(image) + id, PReLU(text) + id, PReLU(shared) + id];
+* loss = BPR + cl_loss_weight * InfoNCE(image vs text channel; batch items and users, cl_tmp)
+  + diff_loss_weight * orthogonality(image vs text channel); AdamW with weight_decay = reg_weight.
+Documented differences: co-occurrence rows with fewer than k neighbours keep what they have (the
+official code pads them with random repeats); negatives exclude the user's training items only (the
+official code also excludes validation and test items, which uses held-out data).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import scipy.sparse as sp
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.base import Recommender, TrainData, bpr_loss, sparse_tensor
+from models.graph import bipartite_adjacency, sym_normalize, top_k
+from models.registry import register
+
+FLAGS = (
+    "num_layer", "reg_weight", "rank", "s_drop", "m_drop", "u_mm_image_weight", "i_mm_image_weight",
+    "uu_co_weight", "ii_co_weight", "user_knn_k", "item_knn_k", "n_ii_layers", "n_uu_layers", "cl_tmp",
+    "cl_loss_weight", "diff_loss_weight",
+)  # fmt: skip
+
+
+def softmax_rows(counts: sp.csr_matrix, popularity: np.ndarray, k: int) -> sp.csr_matrix:
+    """Row weights softmax(counts); a row without neighbours links to the k most popular nodes."""
+    counts = sp.csr_matrix(counts, dtype=np.float64)
+    data = counts.data.copy()
+    for r in range(counts.shape[0]):
+        lo, hi = counts.indptr[r], counts.indptr[r + 1]
+        if hi > lo:
+            e = np.exp(data[lo:hi] - data[lo:hi].max())
+            data[lo:hi] = e / e.sum()
+    out = sp.csr_matrix((data, counts.indices, counts.indptr), shape=counts.shape)
+    empty = np.flatnonzero(np.diff(counts.indptr) == 0)
+    if len(empty):
+        popular = np.argsort(-popularity, kind="stable")[:k]
+        popular = popular[popularity[popular] > 0]
+        weights = popularity[popular] / popularity[popular].sum()
+        fallback = sp.csr_matrix(
+            (np.tile(weights, len(empty)), (np.repeat(empty, len(popular)), np.tile(popular, len(empty)))),
+            shape=counts.shape,
+        )
+        out = out + fallback
+    return out.astype(np.float32).tocsr()
+
+
+def knn_mix(graphs: dict[str, sp.csr_matrix], k: int, image_weight: float, name: str) -> sp.csr_matrix:
+    """image_weight * kNN_image + (1 - image_weight) * kNN_text, each top-k cosine divided by k."""
+    weights = {m: image_weight if m == "image" else 1.0 - image_weight for m in graphs}
+    if len(graphs) == 1:
+        weights = dict.fromkeys(graphs, 1.0)
+    return sum(weights[m] * top_k(g, k, f"{name} {m}") / k for m, g in graphs.items())
+
+
+class PositionAttention(nn.Module):
+    """One-head attention over the 64 positions of a vector, each position a 1-d token (REARM's
+    nn.MultiheadAttention(embed_dim=1)); dropout on the attention weights, written out so p = 1 gives
+    zeros as REARM's sports setting expects."""
+
+    def __init__(self, dropout: float) -> None:
+        super().__init__()
+        self.qkv = nn.Parameter(nn.init.xavier_uniform_(torch.empty(3, 1)).squeeze(1))
+        self.qkv_bias = nn.Parameter(torch.zeros(3))
+        self.out = nn.Linear(1, 1)
+        nn.init.zeros_(self.out.bias)
+        self.dropout = dropout
+
+    def forward(self, query: torch.Tensor, key_value: torch.Tensor) -> torch.Tensor:
+        q = query * self.qkv[0] + self.qkv_bias[0]
+        k = key_value * self.qkv[1] + self.qkv_bias[1]
+        v = key_value * self.qkv[2] + self.qkv_bias[2]
+        weights = torch.softmax(q.unsqueeze(2) * k.unsqueeze(1), dim=2)  # [n, 64, 64]
+        if self.training and self.dropout >= 1:
+            weights = torch.zeros_like(weights)
+        elif self.training and self.dropout > 0:  # inverted dropout; uniform draws are faster than bernoulli_
+            keep = torch.rand(weights.shape) >= self.dropout
+            weights = weights * keep / (1.0 - self.dropout)
+        return self.out(weights @ v.unsqueeze(2)).squeeze(2)
+
+
+class MetaShared(nn.Module):
+    """REARM's low-rank meta network: the ID channel z mapped through softmax-normalised rank-k factors
+    generated from the (detached) modality channel."""
+
+    def __init__(self, dim: int, rank: int) -> None:
+        super().__init__()
+        self.dim, self.rank = dim, rank
+        self.compress = nn.Linear(2 * dim, dim)  # its output is detached, as in REARM: never trained
+        self.gen1 = nn.Sequential(nn.Linear(dim, dim * rank), nn.PReLU(), nn.Linear(dim * rank, dim * rank))
+        self.gen2 = nn.Sequential(nn.Linear(dim, dim * rank), nn.PReLU(), nn.Linear(dim * rank, dim * rank))
+
+    def forward(self, z: torch.Tensor, modal: torch.Tensor) -> torch.Tensor:
+        key = self.compress(modal).detach()
+        q1 = F.normalize(self.gen1(key), dim=1).view(-1, self.dim, self.rank)
+        q2 = F.normalize(self.gen2(key), dim=1).view(-1, self.rank, self.dim)
+        w1 = torch.softmax(q1 + q1.mean(dim=0, keepdim=True), dim=1)
+        w2 = torch.softmax(q2 + q2.mean(dim=0, keepdim=True), dim=1)
+        return torch.bmm(torch.bmm(z.unsqueeze(1), w1), w2).squeeze(1)
+
+
+def info_nce(view_a: torch.Tensor, view_b: torch.Tensor, tau: float) -> torch.Tensor:
+    a, b = F.normalize(view_a, dim=1), F.normalize(view_b, dim=1)
+    return F.cross_entropy(a @ b.T / tau, torch.arange(len(a)))
+
+
+def orthogonality(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
+    """Mean squared cross-correlation of the column-centred, row-normalised (detached norms) channels."""
+    x1, x2 = x1 - x1.mean(dim=0), x2 - x2.mean(dim=0)
+    x1 = x1 / (x1.norm(dim=1, keepdim=True).detach() + 1e-6)
+    x2 = x2 / (x2.norm(dim=1, keepdim=True).detach() + 1e-6)
+    return (x1.T @ x2).pow(2).mean()
+
+
+@register("rearm")
+class REARM(Recommender):
+    group = "graph"
+    scores_cold_items = True
+
+    def __init__(self, data: TrainData, hp: dict[str, Any]) -> None:
+        super().__init__(data, hp)
+        missing = [f for f in FLAGS if f not in hp]
+        if missing:
+            raise ValueError(f"rearm: hyperparameters {missing} are missing (set train.rearm.preset or list them)")
+        self.dim = dim = int(hp.get("embedding_size", 64))
+        self.num_layer, self.rank = int(hp["num_layer"]), int(hp["rank"])
+        self.n_ii, self.n_uu = int(hp["n_ii_layers"]), int(hp["n_uu_layers"])
+        self.cl_tmp, self.cl_w, self.diff_w = (
+            float(hp["cl_tmp"]),
+            float(hp["cl_loss_weight"]),
+            float(hp["diff_loss_weight"]),
+        )
+        self.weight_decay = float(hp["reg_weight"])
+        self.modalities = [m for m in ("image", "text") if m in data.features]
+        if len(self.modalities) != 2:
+            raise ValueError(f"rearm needs image and text features (features.modalities has {sorted(data.features)})")
+        k_u, k_i = int(hp["user_knn_k"]), int(hp["item_knn_k"])
+
+        item_pop = np.asarray(data.train.sum(axis=0)).ravel()
+        user_pop = np.asarray(data.train.sum(axis=1)).ravel()
+        co_i = softmax_rows(top_k(data.item_co, k_i, "graphs/<setting>/item_co.npz"), item_pop, k_i)
+        co_u = softmax_rows(top_k(data.user_co, k_u, "graphs/<setting>/user_co.npz"), user_pop, k_u)
+        sim_i = knn_mix({m: data.knn[m] for m in self.modalities}, k_i, float(hp["i_mm_image_weight"]), "item kNN")
+        sim_u = knn_mix({m: data.user_knn[m] for m in self.modalities}, k_u, float(hp["u_mm_image_weight"]), "user kNN")
+        ii_w, uu_w = float(hp["ii_co_weight"]), float(hp["uu_co_weight"])
+        self.item_graph = sparse_tensor(ii_w * co_i + (1 - ii_w) * sim_i)
+        self.user_graph = sparse_tensor(uu_w * co_u + (1 - uu_w) * sim_u)
+        self.ui_adj = sparse_tensor(sym_normalize(bipartite_adjacency(data.train)))
+
+        self.user_emb = nn.Parameter(torch.randn(self.n_users, dim) * 0.1)
+        self.item_emb = nn.Parameter(torch.randn(self.n_items, dim) * 0.1)
+        inverse_degree = sp.diags(1.0 / np.maximum(user_pop, 1)).astype(np.float32)
+        interest = {
+            m: torch.from_numpy(inverse_degree @ data.train @ data.features[m].numpy()) for m in self.modalities
+        }
+        self.item_features = nn.ParameterDict({m: nn.Parameter(data.features[m].clone()) for m in self.modalities})
+        self.user_features = nn.ParameterDict({m: nn.Parameter(interest[m].float()) for m in self.modalities})
+        self.item_project = nn.ModuleDict({m: self._linear(data.features[m].shape[1], dim) for m in self.modalities})
+        self.user_project = nn.ModuleDict({m: self._linear(data.features[m].shape[1], dim) for m in self.modalities})
+        self.self_attention = nn.ModuleDict({m: PositionAttention(float(hp["s_drop"])) for m in self.modalities})
+        self.text_to_image = PositionAttention(float(hp["m_drop"]))
+        self.image_to_text = PositionAttention(float(hp["m_drop"]))
+        self.norm = nn.LayerNorm(dim)
+        self.act = nn.PReLU()
+        self.user_meta, self.item_meta = MetaShared(dim, self.rank), MetaShared(dim, self.rank)
+
+    @staticmethod
+    def _linear(n_in: int, n_out: int) -> nn.Linear:
+        layer = nn.Linear(n_in, n_out)
+        nn.init.xavier_normal_(layer.weight)
+        return layer
+
+    def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
+        return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=self.weight_decay)
+
+    def homogeneous(self, graph: torch.Tensor, parts: list[torch.Tensor], layers: int) -> list[torch.Tensor]:
+        x = torch.cat(parts, dim=1)
+        for _ in range(layers):
+            x = graph @ x
+        return list(F.normalize(x, dim=1).split(self.dim, dim=1))
+
+    def mean_propagate(self, x: torch.Tensor) -> torch.Tensor:
+        layers = [x]
+        for _ in range(self.num_layer):
+            x = self.ui_adj @ x
+            layers.append(x)
+        return torch.stack(layers).mean(dim=0)
+
+    def forward_all(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(representations of users then items [N, 3 * dim], modality channel M [N, 2 * dim])."""
+        img, txt = self.modalities
+        i_id, i_img, i_txt = self.homogeneous(
+            self.item_graph,
+            [
+                self.item_emb,
+                self.item_project[img](self.item_features[img]),
+                self.item_project[txt](self.item_features[txt]),
+            ],
+            self.n_ii,
+        )
+        u_id, u_img, u_txt = self.homogeneous(
+            self.user_graph,
+            [
+                self.user_emb,
+                self.user_project[img](self.user_features[img]),
+                self.user_project[txt](self.user_features[txt]),
+            ],
+            self.n_uu,
+        )
+        h_img = self.act(self.norm(i_img + self.self_attention[img](i_img, i_img)))
+        h_txt = self.act(self.norm(i_txt + self.self_attention[txt](i_txt, i_txt)))
+        item_img = self.act(self.norm(h_img + self.text_to_image(h_txt, h_img)))
+        item_txt = self.act(self.norm(h_txt + self.image_to_text(h_img, h_txt)))
+        modal = self.mean_propagate(
+            torch.cat([torch.cat([self.act(u_img), self.act(u_txt)], dim=1), torch.cat([item_img, item_txt], dim=1)])
+        )
+        ids = self.mean_propagate(torch.cat([u_id, i_id]))
+        shared = torch.cat(
+            [
+                self.user_meta(ids[: self.n_users], modal[: self.n_users]),
+                self.item_meta(ids[self.n_users :], modal[self.n_users :]),
+            ]
+        )
+        rep = torch.cat(
+            [self.act(modal[:, : self.dim]) + ids, self.act(modal[:, self.dim :]) + ids, self.act(shared) + ids], dim=1
+        )
+        return rep, modal
+
+    def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
+        rep, _ = self.forward_all()
+        return rep[: self.n_users], rep[self.n_users :]
+
+    def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        rep, modal = self.forward_all()
+        u, p, n = rep[users], rep[self.n_users + pos], rep[self.n_users + neg]
+        loss = bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+        batch_items = self.n_users + torch.unique(torch.cat([pos, neg]))
+        batch_users = torch.unique(users)
+        d = self.dim
+        cl = sum(info_nce(modal[s, :d], modal[s, d:], self.cl_tmp) for s in (batch_items, batch_users))
+        diff = sum(orthogonality(modal[s, :d], modal[s, d:]) for s in (self.n_users + pos, users))
+        return loss + self.cl_w * cl + self.diff_w * diff
