@@ -4,14 +4,21 @@ from __future__ import annotations
 
 import sys
 
-from bench import features_speed, pipeline_timing
+from bench import features_speed, graphs_knn, models_speed, pipeline_timing
+
+BENCHMARKS = [
+    ("pipeline_timing: per-stage wall time of `dvc repro` on the default demo", pipeline_timing.main),
+    ("features_speed: items/s per encoder, batched vs naive; cache counters", features_speed.main),
+    ("models_speed: seconds per training epoch and per full-ranking evaluation", models_speed.main),
+    ("graphs_knn: blockwise kNN on 200,000 x 512 vs dense N x N (about 8 minutes)", graphs_knn.main),
+]
 
 
 def main() -> int:
-    print("== pipeline_timing: per-stage wall time of `dvc repro` on the default demo ==", flush=True)
-    pipeline_timing.main([])
-    print("\n== features_speed: items/s per encoder, batched vs naive; cache counters ==", flush=True)
-    return features_speed.main([])
+    for title, run in BENCHMARKS:
+        print(f"\n== {title} ==", flush=True)
+        run([])
+    return 0
 
 
 if __name__ == "__main__":

@@ -54,15 +54,17 @@ def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tenso
     demo): torch.topk, then exact ordering inside the top k, and a full stable sort only for the rows
     where items tied with the k-th score fall outside the selection.
     """
-    values, index = torch.topk(scores, k, dim=1)
+    more_values, more_index = torch.topk(scores, min(k + 1, scores.shape[1]), dim=1)
+    values, index = more_values[:, :k], more_index[:, :k]
     by_index = torch.argsort(index, dim=1)
     values, index = values.gather(1, by_index), index.gather(1, by_index)
     by_value = torch.sort(values, dim=1, descending=True, stable=True).indices
     values, index = values.gather(1, by_value), index.gather(1, by_value)
-    ties = torch.nonzero((scores >= values[:, -1:]).sum(dim=1) > k).flatten()
-    if len(ties):
-        tied_values, tied_index = torch.sort(scores[ties], dim=1, descending=True, stable=True)
-        values[ties], index[ties] = tied_values[:, :k], tied_index[:, :k]
+    if more_values.shape[1] > k:  # the (k+1)-th score equal to the k-th: ties cross the cut
+        ties = torch.nonzero(more_values[:, k] == more_values[:, k - 1]).flatten()
+        if len(ties):
+            tied_values, tied_index = torch.sort(scores[ties], dim=1, descending=True, stable=True)
+            values[ties], index[ties] = tied_values[:, :k], tied_index[:, :k]
     return values, index
 
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from stages.common.io import atomic_dir, sha256_file, write_json
 from stages.common.log import get_logger
-from stages.common.params import ParamsError, dataset_params, load_params, stage_args
+from stages.common.params import ParamsError, dataset_params, dataset_stage_main
 from stages.sources import demo
 
 log = get_logger("download")
@@ -79,9 +79,7 @@ def run(dataset: str, params: dict[str, Any], raw_root: Path = Path("raw")) -> d
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_args(__doc__.splitlines()[0]).parse_args(argv)
-    run(args.dataset, load_params(args.params))
-    return 0
+    return dataset_stage_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -23,8 +23,8 @@ from models.evaluator import evaluate
 from models.registry import get_model
 from stages.common.io import write_json, write_parquet
 from stages.common.log import get_logger
-from stages.common.params import ParamsError, get, load_params, stage_args
-from stages.train import GROUP_LISTS, check_group, run_dir
+from stages.common.params import ParamsError, get
+from stages.train import check_group, model_stage_main, run_dir
 
 log = get_logger("evaluate")
 
@@ -109,17 +109,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_args(
-        __doc__.splitlines()[0],
-        extra=[
-            ("--model", {"required": True}),
-            ("--setting", {"required": True, "choices": ["warm", "cold"]}),
-            ("--group", {"required": True, "choices": sorted(GROUP_LISTS)}),
-        ],
-    )
-    args = parser.parse_args(argv)
-    run(args.dataset, args.model, args.setting, args.group, load_params(args.params))
-    return 0
+    return model_stage_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

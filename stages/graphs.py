@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from stages.common.io import read_features, read_parquet, write_csr, write_json
 from stages.common.log import get_logger, progress_disabled
-from stages.common.params import ParamsError, get, load_params, stage_args
+from stages.common.params import ParamsError, dataset_stage_main, get
 from stages.common.sparse import topk_per_row
 
 log = get_logger("graphs")
@@ -42,7 +42,7 @@ def rows_per_block(n_cols: int, block_mb: float) -> int:
     return max(1, int(block_mb * 2**20 / 4 / max(n_cols, 1)))
 
 
-def knn_graph(features: np.ndarray, k: int, include_self: bool, block_mb: float = 256) -> sp.csr_matrix:
+def knn_graph(features: np.ndarray, k: int, include_self: bool, block_mb: float = 64) -> sp.csr_matrix:
     """Top-k cosine neighbours of every row, computed block by block; exact ties by smaller index."""
     n = features.shape[0]
     k = min(k, n if include_self else n - 1)
@@ -59,24 +59,26 @@ def knn_graph(features: np.ndarray, k: int, include_self: bool, block_mb: float 
             rows = torch.arange(sims.shape[0])
             if not include_self:
                 sims[rows, rows + start] = -torch.inf
-            top_vals, top_idx = torch.topk(sims, k, dim=1)
+            # One more than k: where the (k+1)-th score equals the k-th, ties cross the cut.
+            more_vals, more_idx = torch.topk(sims, min(k + 1, n), dim=1)
+            top_vals, top_idx = more_vals[:, :k], more_idx[:, :k]
             tv, ti = top_vals.numpy(), top_idx.numpy()
             order = np.lexsort((ti, -tv), axis=1)  # by value, then index, within the top k
             cols[start : start + len(rows)] = np.take_along_axis(ti, order, axis=1)
             vals[start : start + len(rows)] = np.take_along_axis(tv, order, axis=1)
-            # Rows where more than k entries tie with the k-th value: pick the smallest indices exactly.
-            kth = top_vals[:, -1:]
-            for r in torch.nonzero((sims >= kth).sum(dim=1) > k).flatten().tolist():
-                cand = torch.nonzero(sims[r] >= kth[r]).flatten().numpy()
-                row = sims[r].numpy()
-                best = cand[np.lexsort((cand, -row[cand]))[:k]]
-                cols[start + r], vals[start + r] = best, row[best]
+            if more_vals.shape[1] > k:
+                # Rows where more items tie with the k-th value than fit: pick the smallest indices exactly.
+                for r in torch.nonzero(more_vals[:, k] == more_vals[:, k - 1]).flatten().tolist():
+                    row = sims[r].numpy()
+                    cand = np.flatnonzero(row >= row[ti[r]].min())
+                    best = cand[np.lexsort((cand, -row[cand]))[:k]]
+                    cols[start + r], vals[start + r] = best, row[best]
     graph = sp.csr_matrix((vals.reshape(-1), cols.reshape(-1), np.arange(0, n * k + 1, k)), shape=(n, n))
     graph.sort_indices()
     return graph
 
 
-def cooccurrence(train: sp.csr_matrix, k: int, block_mb: float = 256) -> sp.csr_matrix:
+def cooccurrence(train: sp.csr_matrix, k: int, block_mb: float = 64) -> sp.csr_matrix:
     """Rows of `train` sharing columns: counts of shared columns, top-k per row, no self loops."""
     train = sp.csr_matrix(train, dtype=np.float32)
     n = train.shape[0]
@@ -146,9 +148,7 @@ def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_args(__doc__.splitlines()[0]).parse_args(argv)
-    run(args.dataset, load_params(args.params))
-    return 0
+    return dataset_stage_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

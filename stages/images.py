@@ -20,7 +20,7 @@ from tqdm import tqdm
 from stages.common import lmdb_store
 from stages.common.io import read_json, read_parquet, write_json
 from stages.common.log import get_logger, progress_disabled
-from stages.common.params import get, load_params, stage_args
+from stages.common.params import dataset_stage_main, get
 
 log = get_logger("images")
 
@@ -110,9 +110,7 @@ def run(dataset: str, params: dict[str, Any], raw_root: Path = Path("raw"), out_
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_args(__doc__.splitlines()[0]).parse_args(argv)
-    run(args.dataset, load_params(args.params))
-    return 0
+    return dataset_stage_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

@@ -29,7 +29,7 @@ import pyarrow as pa
 from stages.common import schemas
 from stages.common.io import read_json, write_json, write_parquet
 from stages.common.log import get_logger
-from stages.common.params import ParamsError, get, load_params, stage_args
+from stages.common.params import ParamsError, dataset_stage_main, get
 
 log = get_logger("ingest")
 
@@ -331,9 +331,7 @@ def run(dataset: str, params: dict[str, Any], raw_root: Path = Path("raw"), out_
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_args(__doc__.splitlines()[0]).parse_args(argv)
-    run(args.dataset, load_params(args.params))
-    return 0
+    return dataset_stage_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

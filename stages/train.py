@@ -135,9 +135,10 @@ def run(
     return summary
 
 
-def main(argv: list[str] | None = None) -> int:
+def model_stage_main(doc: str, run_fn, argv: list[str] | None) -> int:
+    """The command line of the train and evaluate stages: dataset, model, setting, group."""
     parser = stage_args(
-        __doc__.splitlines()[0],
+        doc.splitlines()[0],
         extra=[
             ("--model", {"required": True}),
             ("--setting", {"required": True, "choices": ["warm", "cold"]}),
@@ -145,8 +146,12 @@ def main(argv: list[str] | None = None) -> int:
         ],
     )
     args = parser.parse_args(argv)
-    run(args.dataset, args.model, args.setting, args.group, load_params(args.params))
+    run_fn(args.dataset, args.model, args.setting, args.group, load_params(args.params))
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    return model_stage_main(__doc__, run, argv)
 
 
 if __name__ == "__main__":

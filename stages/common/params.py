@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +50,13 @@ def stage_args(description: str, *, dataset: bool = True, extra: list[tuple[str,
     for flag, kwargs in extra or []:
         parser.add_argument(flag, **kwargs)
     return parser
+
+
+def dataset_stage_main(doc: str, run_fn: Callable[[str, dict[str, Any]], object], argv: list[str] | None) -> int:
+    """`python -m stages.<name> --dataset <ds> [--params FILE]` for the per-dataset stages."""
+    args = stage_args(doc.splitlines()[0]).parse_args(argv)
+    run_fn(args.dataset, load_params(args.params))
+    return 0
 
 
 def dataset_params(params: dict[str, Any], name: str) -> dict[str, Any]:
