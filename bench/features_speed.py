@@ -29,6 +29,7 @@ from stages.common.encoders import ENCODERS, Encoder
 from stages.common.io import read_parquet, write_parquet
 from stages.common.model_builders import build_clip, build_roberta
 from stages.common.params import load_params
+from stages.common.threads import use_threads
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBERTA_BASE = {"seed": 0, "hidden_size": 768, "layers": 12, "heads": 12, "intermediate_size": 3072,
@@ -82,7 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--quick", action="store_true", help="fewer items, smaller models (a smoke run)")
     args = parser.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    torch.set_num_threads(features.machine_threads())
+    use_threads(None)
     tmp = Path(tempfile.mkdtemp(prefix="mmpipe-bench-features-"))
     try:
         processed, texts, jpegs = demo_data(tmp)

@@ -25,6 +25,7 @@ from models.registry import MODELS, get_model
 from models.trainer import fit
 from stages import coldstart, demo_clip, download, features, graphs, images, ingest
 from stages.common.params import load_params
+from stages.common.threads import use_threads
 from stages.train import model_hparams, trainer_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -51,7 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("mmpipe").setLevel(logging.WARNING)
     params = load_params(ROOT / "params.yaml")
-    torch.set_num_threads(features.machine_threads())
+    use_threads(None)
     get_model("bpr")  # loads the registry
     names = args.models.split(",") if args.models else sorted(MODELS)
     tmp = Path(tempfile.mkdtemp(prefix="mmpipe-bench-models-"))

@@ -8,7 +8,6 @@ items; their warm metrics.json says so instead of reporting zeros for cold-start
 
 from __future__ import annotations
 
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,11 +19,10 @@ import torch
 
 from models.data import load_train_data
 from models.evaluator import evaluate
-from models.registry import get_model
 from stages.common.io import write_json, write_parquet
 from stages.common.log import get_logger
 from stages.common.params import ParamsError, get
-from stages.train import check_group, model_stage_main, run_dir
+from stages.train import model_for_stage, model_stage_main, run_dir
 
 log = get_logger("evaluate")
 
@@ -39,9 +37,7 @@ def run(
     runs_root: Path = Path("runs"),
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    cls = get_model(model_name)
-    check_group(model_name, cls.group, group)
-    torch.set_num_threads(int(get(params, "train.num_threads", 0)) or os.cpu_count() or 1)
+    cls = model_for_stage(model_name, setting, group, params)
     ks = sorted(int(k) for k in get(params, "evaluate.topk"))
     if not ks or ks[0] < 1:
         raise ParamsError(f"params.yaml: evaluate.topk must be positive integers, got {ks}")

@@ -19,7 +19,6 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 from tqdm import tqdm
 
 from stages.common import lmdb_store
@@ -27,6 +26,7 @@ from stages.common.encoders import ENCODERS, ModelUnavailable
 from stages.common.io import read_parquet, write_json, write_parquet
 from stages.common.log import get_logger, progress_disabled
 from stages.common.params import ParamsError, get, load_params, stage_args
+from stages.common.threads import use_threads
 
 log = get_logger("features")
 
@@ -52,14 +52,6 @@ def fingerprint(parts: dict[str, Any]) -> str:
 
 def cache_key(fp: str, content: bytes) -> bytes:
     return hashlib.sha256(fp.encode() + b"\0" + hashlib.sha256(content).digest()).digest()
-
-
-def machine_threads() -> int:
-    """Cores this process may use (cgroup/affinity aware), for torch's intra-op thread pool."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # not on Linux
-        return os.cpu_count() or 1
 
 
 class ItemInputs:
@@ -117,7 +109,7 @@ def run(dataset: str, encoder: str, params: dict[str, Any], out_root: Path = Pat
     fill = get(params, "features.fill")
     if fill not in ("mean", "zero"):
         raise ParamsError(f"params.yaml: features.fill must be 'mean' or 'zero', got {fill!r}")
-    torch.set_num_threads(int(get(params, "features.num_threads", 0)) or machine_threads())
+    use_threads(get(params, "features.num_threads", 0))
 
     dataset_dir = out_root / dataset
     model = ENCODERS[kind](encoder, cfg, bool(get(params, "features.allow_download", False)))

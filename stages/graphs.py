@@ -32,6 +32,7 @@ from stages.common.io import read_features, read_parquet, write_csr, write_json
 from stages.common.log import get_logger, progress_disabled
 from stages.common.params import ParamsError, dataset_stage_main, get
 from stages.common.sparse import topk_per_row
+from stages.common.threads import use_threads
 
 log = get_logger("graphs")
 
@@ -112,7 +113,7 @@ def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")
     modalities: dict[str, str] = get(params, "features.modalities")
     if not modalities:
         raise ParamsError("params.yaml: features.modalities is empty; name at least one encoder per modality")
-    torch.set_num_threads(int(get(params, "features.num_threads", 0)) or torch.get_num_threads())
+    use_threads(get(params, "features.num_threads", 0))
     dataset_dir = out_root / dataset
     n_users = len(read_parquet(dataset_dir / "users.parquet", columns=["user_idx"]))
     n_items = len(read_parquet(dataset_dir / "items.parquet", columns=["item_idx"]))

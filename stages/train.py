@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
 import sys
 import time
 from pathlib import Path
@@ -24,6 +23,7 @@ from models.trainer import TrainConfig, fit
 from stages.common.io import atomic_path, write_text
 from stages.common.log import get_logger, progress_disabled
 from stages.common.params import ParamsError, get, load_params, stage_args
+from stages.common.threads import use_threads
 
 log = get_logger("train")
 
@@ -59,6 +59,16 @@ def trainer_config(params: dict[str, Any], hp: dict[str, Any]) -> TrainConfig:
     return TrainConfig.from_params({**get(params, "train.common"), **hp.get("trainer", {})})
 
 
+def model_for_stage(model: str, setting: str, group: str, params: dict[str, Any]) -> type:
+    """The model class, after checking it may run in this stage group and setting; sets torch threads."""
+    cls = get_model(model)
+    check_group(model, cls.group, group)
+    if setting == "cold" and not cls.scores_cold_items:
+        raise ParamsError(f"model '{model}' cannot score cold items; it runs in the warm setting only")
+    use_threads(get(params, "train.num_threads", 0))
+    return cls
+
+
 def check_group(model: str, cls_group: str, group: str) -> None:
     if cls_group != group:
         raise ParamsError(
@@ -92,12 +102,7 @@ def run(
     runs_root: Path = Path("runs"),
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    cls = get_model(model_name)
-    check_group(model_name, cls.group, group)
-    if setting == "cold" and not cls.scores_cold_items:
-        raise ParamsError(f"model '{model_name}' cannot score cold items; it runs in the warm setting only")
-    threads = int(get(params, "train.num_threads", 0)) or os.cpu_count() or 1
-    torch.set_num_threads(threads)
+    cls = model_for_stage(model_name, setting, group, params)
     hp = model_hparams(params, model_name)
     cfg = trainer_config(params, hp)
     data, split = load_train_data(out_root / dataset, setting, cls.group, dict(get(params, "features.modalities")))
