@@ -18,7 +18,6 @@ import json
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -30,29 +29,9 @@ from stages.common import schemas
 from stages.common.io import read_json, write_json, write_parquet
 from stages.common.log import get_logger
 from stages.common.params import ParamsError, dataset_stage_main, get
+from stages.sources.malformed import Malformed
 
 log = get_logger("ingest")
-
-MAX_LINES_LISTED = 100  # malformed line numbers kept per file in the stats; all are counted
-
-
-@dataclass
-class Malformed:
-    """Skipped lines of one file: how many, and the first few with the reason."""
-
-    file: str
-    count: int = 0
-    lines: list[dict[str, Any]] = field(default_factory=list)
-
-    def add(self, line_no: int, reason: str) -> None:
-        self.count += 1
-        if len(self.lines) < MAX_LINES_LISTED:
-            self.lines.append({"line": line_no, "reason": reason})
-        if self.count <= 5:
-            log.warning("%s: line %d skipped: %s", self.file, line_no, reason)
-
-    def as_dict(self) -> dict[str, Any]:
-        return {"count": self.count, "first": self.lines}
 
 
 def open_text(path: Path) -> Iterator[str]:
