@@ -1,27 +1,47 @@
 """Stage `download`: bring a dataset's raw files into `raw/<ds>/` and record them in MANIFEST.json.
 
-The manifest lists every file with its role (reviews, meta), origin, size and sha256, so ingest
-finds its inputs by role and anyone can verify what a result was computed from. The whole folder
-is built in a temporary directory and renamed into place, so an interrupted run leaves nothing.
+Sources (`datasets.<ds>.source`): `demo` (generated offline), `amazon2014`, `amazon2018`,
+`amazon2023`, `bilibili`, `mmrec`, `lattice`, and `local` (files already on disk in any of these
+formats, `format:` naming which). The file names, roles, formats and URLs come from one table,
+`stages/sources/catalog.py`; any URL can be overridden with `datasets.<ds>.urls.<role>`, and
+`datasets.<ds>.path` takes the files from a local folder instead of the network (for data behind a
+login, or a machine without internet).
+
+Downloads go first to a cache outside the stage's output (`download.cache_dir`, default
+`raw/_downloads/`): a partial file there is resumed on the next run and a complete one is never
+fetched again, even though DVC empties `raw/<ds>/` before re-running this stage. The output folder is
+then assembled from the cache (hard links where possible) in a temporary directory and renamed into
+place, so an interrupted run leaves nothing under `raw/<ds>/`.
+
+The manifest lists every file with its role, format, origin, size and sha256, so `ingest` finds its
+inputs by role and anyone can verify what a result was computed from. Product images (sources whose
+meta carries image URLs, `datasets.<ds>.images: true`) are fetched with a bounded thread pool and
+their failures counted by reason in the manifest.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
+from stages.common import http
 from stages.common.io import atomic_dir, sha256_file, write_json
 from stages.common.log import get_logger
-from stages.common.params import ParamsError, dataset_params, dataset_stage_main
-from stages.sources import demo
+from stages.common.params import ParamsError, dataset_params, dataset_stage_main, get
+from stages.sources import catalog, demo
+from stages.sources.catalog import FileSpec
 
 log = get_logger("download")
 
 MANIFEST = "MANIFEST.json"
-SUPPORTED_SOURCES = ("demo",)
+SUPPORTED_SOURCES = ("demo", "local", *catalog.SOURCES)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
 def build_demo(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -40,32 +60,235 @@ def build_demo(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def describe_files(root: Path, manifest: dict[str, Any]) -> None:
+def describe_files(root: Path, manifest: dict[str, Any], known_sha: dict[str, str] | None = None) -> None:
     """Fill bytes and sha256 of every listed file, and summarise the images folder."""
+    known_sha = known_sha or {}
     for entry in manifest["files"]:
         path = root / entry["path"]
         entry["bytes"] = path.stat().st_size
-        entry["sha256"] = sha256_file(path)
+        entry["sha256"] = known_sha.get(entry["path"]) or sha256_file(path)
     images = root / manifest.get("images_dir", "images")
     if images.is_dir():
         files = sorted(p for p in images.iterdir() if p.is_file())
         manifest["images"] = {"count": len(files), "bytes": sum(p.stat().st_size for p in files)}
 
 
-def run(dataset: str, params: dict[str, Any], raw_root: Path = Path("raw")) -> dict[str, Any]:
-    cfg = dataset_params(params, dataset)
+def place(src: Path, dest: Path) -> None:
+    """Put `src` at `dest` by hard link (no copy of multi-GB files), or copy across file systems."""
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def source_family(dataset: str, cfg: dict[str, Any]) -> str:
+    """The catalog entry a dataset's files follow: its source, or for `local` the `format` it names."""
     source = cfg.get("source")
     if source not in SUPPORTED_SOURCES:
         raise ParamsError(
-            f"params.yaml: datasets.{dataset}.source = {source!r} is not supported yet; "
+            f"params.yaml: datasets.{dataset}.source = {source!r} is not supported; "
             f"supported: {', '.join(SUPPORTED_SOURCES)}"
         )
+    if source != "local":
+        return source
+    family = cfg.get("format")
+    if family not in catalog.SOURCES:
+        raise ParamsError(
+            f"params.yaml: datasets.{dataset}.format = {family!r}: a local dataset names the format of its files, "
+            f"one of {', '.join(catalog.SOURCES)}"
+        )
+    if not cfg.get("path"):
+        raise ParamsError(f"params.yaml: datasets.{dataset}.path (the folder holding the files) is required for local")
+    return family
+
+
+def wanted_optional(spec: FileSpec, cfg: dict[str, Any], local: bool) -> bool:
+    """Optional files: taken when a local folder has them, downloaded only when asked for."""
+    if spec.role == "image_features":
+        return bool(cfg.get("image_features", False))
+    return local or spec.role in (cfg.get("urls") or {})
+
+
+def take_local(dataset: str, spec: FileSpec, cfg: dict[str, Any], tmp: Path) -> dict[str, Any] | None:
+    folder = Path(os.path.expanduser(str(cfg["path"])))
+    name = (cfg.get("files") or {}).get(spec.role, spec.path)
+    src = folder / name
+    if not src.is_file():
+        if spec.optional:
+            return None
+        raise FileNotFoundError(
+            f"{src}: the {spec.role} file of dataset '{dataset}' ({spec.format}) is missing; put it there, "
+            f"or name it with datasets.{dataset}.files.{spec.role}"
+        )
+    if src.stat().st_size == 0:
+        raise ValueError(f"{src}: the {spec.role} file of dataset '{dataset}' is empty")
+    place(src, tmp / spec.path)
+    return {"role": spec.role, "path": spec.path, "url": str(src.resolve()), "format": spec.format}
+
+
+def cache_path(cache_dir: Path, url: str) -> Path:
+    """One cache file per URL: <cache>/<host>/<url path>, so mirrors and categories never collide."""
+    parsed = urlparse(url)
+    return cache_dir / (parsed.netloc or "local") / parsed.path.lstrip("/")
+
+
+def fetch_remote(
+    dataset: str, spec: FileSpec, cfg: dict[str, Any], settings: dict[str, Any], tmp: Path, known_sha: dict[str, str]
+) -> dict[str, Any]:
+    url = (cfg.get("urls") or {}).get(spec.role) or spec.url
+    if not url:
+        reason = catalog.NO_DIRECT_LINK.get(cfg["source"], "no URL is known")
+        raise ParamsError(
+            f"params.yaml: dataset '{dataset}': no URL for its {spec.role} file {spec.path} ({reason}); download it "
+            f"by hand and set datasets.{dataset}.path to its folder, or give datasets.{dataset}.urls.{spec.role}"
+        )
+    result = http.download_file(
+        url,
+        cache_path(Path(settings["cache_dir"]), url),
+        timeout=float(settings["timeout"]),
+        retries=int(settings["retries"]),
+        expected_sha256=(cfg.get("sha256") or {}).get(spec.role),
+    )
+    place(result.path, tmp / spec.path)
+    known_sha[spec.path] = result.sha256
+    return {"role": spec.role, "path": spec.path, "url": url, "format": spec.format, "status": result.status}
+
+
+def image_jobs(tmp: Path, files: list[dict[str, Any]], cache: Path) -> tuple[list[http.ImageJob], int]:
+    """One job per reviewed item whose meta has an image URL (items outside the reviews are not fetched)."""
+    from stages.sources import formats  # the readers ingest uses; imported here to keep demo runs light
+
+    reviewed: set[str] = set()
+    meta_files = []
+    for entry in files:
+        path = tmp / entry["path"]
+        if entry["role"] == "reviews":
+            table = formats.read_reviews_file(path, entry["format"])
+            reviewed.update(table.column("item_id").to_pylist())
+        elif entry["role"] == "meta":
+            meta_files.append((path, entry["format"]))
+    jobs: dict[str, http.ImageJob] = {}
+    for path, fmt in meta_files:
+        for item in formats.iter_meta_file(path, fmt, reviewed):
+            url = item.get("image_url")
+            if url and item["item_id"] not in jobs:
+                suffix = Path(urlparse(url).path).suffix.lower()
+                suffix = suffix if suffix in IMAGE_SUFFIXES else ".jpg"
+                jobs[item["item_id"]] = http.ImageJob(item["item_id"], url, cache / f"{item['item_id']}{suffix}")
+    return [jobs[k] for k in sorted(jobs)], len(reviewed) - len(jobs)
+
+
+def fetch_images(
+    dataset: str, family: str, cfg: dict[str, Any], settings: dict[str, Any], tmp: Path, manifest: dict[str, Any]
+) -> None:
+    cache = Path(settings["cache_dir"]) / "images" / family
+    jobs, no_url = image_jobs(tmp, manifest["files"], cache)
+    log.info("%s: fetching %d product images (%d reviewed items have no image URL)", dataset, len(jobs), no_url)
+    report = http.fetch_images(
+        jobs,
+        workers=int(settings["image_workers"]),
+        timeout=float(settings["image_timeout"]),
+        retries=int(settings["retries"]),
+    )
+    for job in jobs:
+        if job.dest.is_file():
+            place(job.dest, tmp / "images" / job.dest.name)
+    manifest["images_dir"] = "images"
+    manifest["images_fetch"] = {**report.as_dict(), "items_without_url": no_url}
+
+
+def take_pmmrec_covers(cfg: dict[str, Any], tmp: Path, manifest: dict[str, Any]) -> None:
+    """PMMRec ships Bilibili covers as pickled pixel arrays in an LMDB: write them out as images/<item_id>.png."""
+    from stages.sources import bilibili
+    from stages.sources.malformed import Malformed
+
+    covers = (
+        Path(os.path.expanduser(str(cfg["path"]))) / bilibili.pmmrec_files(cfg.get("name", "bili_food"))["covers_lmdb"]
+    )
+    if not covers.exists():
+        return
+    items_entry = next(e for e in manifest["files"] if e["role"] == "items")
+    bad = Malformed(items_entry["path"])
+    item_ids = [row["item_id"] for row in bilibili.iter_items(tmp / items_entry["path"], bad, None)]
+    counts = bilibili.extract_lmdb_covers(covers, item_ids, tmp / "images")
+    manifest["images_dir"] = "images"
+    manifest["covers"] = {"lmdb": str(covers.resolve()), **counts}
+    log.info("covers from %s: %s", covers, {k: v for k, v in counts.items() if k != "first_problems"})
+
+
+def take_local_images(cfg: dict[str, Any], tmp: Path, manifest: dict[str, Any]) -> None:
+    """A local dataset's `images/` folder (item_id.<ext> files), if it has one, comes along."""
+    folder = Path(os.path.expanduser(str(cfg["path"]))) / (cfg.get("images_dir") or "images")
+    if not folder.is_dir():
+        return
+    for src in sorted(folder.iterdir()):
+        if src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
+            place(src, tmp / "images" / src.name)
+    manifest["images_dir"] = "images"
+
+
+def download_settings(params: dict[str, Any]) -> dict[str, Any]:
+    defaults = {
+        "cache_dir": "raw/_downloads",
+        "timeout": 60,
+        "retries": 5,
+        "image_workers": 16,
+        "image_timeout": 20,
+    }
+    return {**defaults, **(get(params, "download", {}) or {})}
+
+
+def build_real(dataset: str, family: str, cfg: dict[str, Any], params: dict[str, Any], tmp: Path) -> dict[str, Any]:
+    local = bool(cfg.get("path"))
+    settings = download_settings(params)
+    known_sha: dict[str, str] = {}
+    files = []
+    for spec in catalog.file_specs(family, cfg):
+        if spec.optional and not wanted_optional(spec, cfg, local):
+            continue
+        if local:
+            entry = take_local(dataset, spec, cfg, tmp)
+        else:
+            entry = fetch_remote(dataset, spec, cfg, settings, tmp, known_sha)
+        if entry is not None:
+            files.append(entry)
+    manifest: dict[str, Any] = {"files": files}
+    if cfg.get("category"):
+        manifest["category"] = cfg["category"]
+    if local:
+        if family == "bilibili":
+            take_pmmrec_covers(cfg, tmp, manifest)
+        take_local_images(cfg, tmp, manifest)
+    if cfg.get("images", True) and family in catalog.IMAGE_URL_SOURCES and "images_dir" not in manifest:
+        fetch_images(dataset, family, cfg, settings, tmp, manifest)
+    describe_files(tmp, manifest, known_sha)
+    expected = cfg.get("sha256") or {}
+    for entry in files:
+        want = expected.get(entry["role"])
+        if want and want != entry["sha256"]:
+            raise ValueError(
+                f"{entry['url']}: sha256 {entry['sha256']} does not match datasets.{dataset}.sha256.{entry['role']} "
+                f"= {want}"
+            )
+    return manifest
+
+
+def run(dataset: str, params: dict[str, Any], raw_root: Path = Path("raw")) -> dict[str, Any]:
+    cfg = dataset_params(params, dataset)
+    family = source_family(dataset, cfg)
     start = time.perf_counter()
     target = raw_root / dataset
     with atomic_dir(target) as tmp:
-        manifest: dict[str, Any] = {"dataset": dataset, "source": source}
-        manifest.update(build_demo(tmp, cfg))
-        describe_files(tmp, manifest)
+        # `source` is the format family ingest dispatches on (a local mmrec folder is `mmrec`);
+        # `origin` says how the files came: generated, downloaded or taken from a local folder.
+        origin = "generated" if family == "demo" else "local" if cfg.get("path") else "downloaded"
+        manifest: dict[str, Any] = {"dataset": dataset, "source": family, "origin": origin}
+        if family == "demo":
+            manifest.update(build_demo(tmp, cfg))
+            describe_files(tmp, manifest)
+        else:
+            manifest.update(build_real(dataset, family, cfg, params, tmp))
         write_json(tmp / MANIFEST, manifest)
     log.info(
         "%s: wrote %d files + %d images to %s in %.1f s",

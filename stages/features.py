@@ -5,6 +5,11 @@ sha256(encoder fingerprint, input content) -> float32 vector. A re-run after a k
 item-set change encodes only inputs it has not seen; a different model, weights or max tokens
 changes the fingerprint and so re-encodes. Items without input (no text, no image) get the fill
 chosen by `features.fill` (mean of the encoded items, or zeros) and `has_input = false`.
+
+Encoders of kind `precomputed` encode nothing: they take the features a source ships with its raw
+files (MMRec/LATTICE `image_feat.npy` / `text_feat.npy`, the Amazon 2014 `image_features_<Cat>.b`),
+named by their role in `raw/<ds>/MANIFEST.json`, so published processed datasets enter the pipeline
+with their own features.
 """
 
 from __future__ import annotations
@@ -23,7 +28,7 @@ from tqdm import tqdm
 
 from stages.common import lmdb_store
 from stages.common.encoders import ENCODERS, ModelUnavailable
-from stages.common.io import read_parquet, write_json, write_parquet
+from stages.common.io import read_json, read_parquet, write_json, write_parquet
 from stages.common.log import get_logger, progress_disabled
 from stages.common.params import ParamsError, get, load_params, stage_args
 from stages.common.threads import use_threads
@@ -100,15 +105,119 @@ def read_cached(cache_path: Path, keys: set[bytes]) -> dict[bytes, np.ndarray]:
     return found
 
 
-def run(dataset: str, encoder: str, params: dict[str, Any], out_root: Path = Path("processed")) -> dict[str, Any]:
+AMAZON_CNN_DIM = 4096  # image_features_<Cat>.b: records of a 10-byte ASIN + 4096 little-endian float32
+
+
+def read_amazon_image_features(path: Path, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Stream the 2014 release's CNN features file, keeping the rows of our items (it covers far more)."""
+    index = {item_id: i for i, item_id in enumerate(item_ids)}
+    matrix = np.zeros((len(item_ids), AMAZON_CNN_DIM), dtype=np.float32)
+    found = np.zeros(len(item_ids), dtype=bool)
+    record = 10 + 4 * AMAZON_CNN_DIM
+    size = path.stat().st_size
+    if size % record:
+        raise ValueError(f"{path}: {size} bytes is not a whole number of {record}-byte records (truncated download?)")
+    with path.open("rb") as fh:
+        for n in range(size // record):
+            data = fh.read(record)
+            asin = data[:10].decode("ascii", errors="replace").strip()
+            i = index.get(asin)
+            if i is not None and not found[i]:
+                matrix[i] = np.frombuffer(data, dtype="<f4", offset=10)
+                found[i] = True
+            if n % 100_000 == 0 and n:
+                log.info("%s: %d records read", path.name, n)
+    return matrix, found
+
+
+def run_precomputed(
+    dataset: str, encoder: str, cfg: dict[str, Any], fill: str, raw_root: Path, out_root: Path
+) -> dict[str, Any]:
+    """Features a source ships: rows aligned to item_idx (npy) or keyed by ASIN (the 2014 .b file)."""
+    from stages.sources import presplit
+
+    start = time.perf_counter()
+    role = cfg.get("role")
+    if not role:
+        raise ParamsError(f"params.yaml: features.{encoder}.role (the manifest role of the features file) is missing")
+    raw_dir = raw_root / dataset
+    manifest = read_json(raw_dir / "MANIFEST.json")
+    entry = next((e for e in manifest.get("files", []) if e.get("role") == role), None)
+    if entry is None:
+        raise ValueError(
+            f"{raw_dir / 'MANIFEST.json'}: no file with role '{role}' for precomputed encoder '{encoder}' "
+            f"(dataset '{dataset}' does not ship these features; pick another encoder in pipeline.*_encoders)"
+        )
+    dataset_dir = out_root / dataset
+    item_ids = read_parquet(dataset_dir / "items.parquet", columns=["item_id"])["item_id"].to_pylist()
+    if entry.get("format") == "amazon2014-image-features":
+        matrix, has_input = read_amazon_image_features(raw_dir / entry["path"], item_ids)
+    else:
+        # Checked there: a 2-D finite array with one row per item (row i = item i).
+        matrix = presplit.precomputed_features(manifest, raw_dir, role.removesuffix("_feat"), n_items=len(item_ids))
+        has_input = np.abs(matrix).sum(axis=1) > 0  # all-zero rows: the source had no input for the item
+    if not has_input.any():
+        raise ValueError(f"{raw_dir / entry['path']}: none of the {len(item_ids)} items has a feature row")
+    if fill == "mean":
+        matrix[~has_input] = matrix[has_input].mean(axis=0)
+    else:
+        matrix[~has_input] = 0.0
+    write_features_table(dataset_dir / "features" / f"{encoder}.parquet", matrix, has_input)
+    cache_path = dataset_dir / "features" / f"{encoder}.lmdb"
+    if not cache_path.exists():  # the stage's declared cache output; nothing is encoded, so it stays empty
+        lmdb_store.write_store(cache_path, iter(()))
+    stats = {
+        "encoder": encoder,
+        "kind": "precomputed",
+        "source_file": entry["path"],
+        "sha256": entry.get("sha256"),
+        "dim": int(matrix.shape[1]),
+        "items": len(item_ids),
+        "with_input": int(has_input.sum()),
+        "without_input": int((~has_input).sum()),
+        "fill": fill,
+        "encoded": 0,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(dataset_dir / "features" / f"{encoder}.json", stats)
+    log.info(
+        "%s/%s: %d items from %s (%d without a row, filled with %s), dim %d",
+        dataset, encoder, len(item_ids), entry["path"], stats["without_input"], fill, stats["dim"],
+    )  # fmt: skip
+    return stats
+
+
+def write_features_table(path: Path, matrix: np.ndarray, has_input: np.ndarray) -> None:
+    dim = int(matrix.shape[1])
+    table = pa.table(
+        {
+            "item_idx": pa.array(np.arange(len(has_input), dtype=np.int32)),
+            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim),
+            "has_input": pa.array(has_input),
+        }
+    )
+    write_parquet(path, table)
+
+
+def run(
+    dataset: str,
+    encoder: str,
+    params: dict[str, Any],
+    out_root: Path = Path("processed"),
+    raw_root: Path = Path("raw"),
+) -> dict[str, Any]:
     start = time.perf_counter()
     cfg = get(params, f"features.{encoder}")
     kind = cfg.get("kind", encoder)
-    if kind not in ENCODERS:
-        raise ParamsError(f"params.yaml: features.{encoder}.kind = {kind!r}; known kinds: {sorted(ENCODERS)}")
     fill = get(params, "features.fill")
     if fill not in ("mean", "zero"):
         raise ParamsError(f"params.yaml: features.fill must be 'mean' or 'zero', got {fill!r}")
+    if kind == "precomputed":
+        return run_precomputed(dataset, encoder, cfg, fill, raw_root, out_root)
+    if kind not in ENCODERS:
+        raise ParamsError(
+            f"params.yaml: features.{encoder}.kind = {kind!r}; known kinds: {sorted(ENCODERS)} and precomputed"
+        )
     use_threads(get(params, "features.num_threads", 0))
 
     dataset_dir = out_root / dataset
@@ -146,14 +255,7 @@ def run(dataset: str, encoder: str, params: dict[str, Any], out_root: Path = Pat
     if fill == "mean":
         matrix[~has_input] = present.mean(axis=0)
     dim = int(present.shape[1])
-    table = pa.table(
-        {
-            "item_idx": pa.array(np.arange(len(has_input), dtype=np.int32)),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim),
-            "has_input": pa.array(has_input),
-        }
-    )
-    write_parquet(dataset_dir / "features" / f"{encoder}.parquet", table)
+    write_features_table(dataset_dir / "features" / f"{encoder}.parquet", matrix, has_input)
     stats = {
         "encoder": encoder,
         "kind": kind,
