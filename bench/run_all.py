@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import sys
 
-from bench import features_speed, graphs_knn, mmrec_baby, models_speed, pipeline_timing
+from bench import features_speed, graphs_knn, ingest_scale, mmrec_baby, models_speed, pipeline_timing
 
 BENCHMARKS = [
     ("pipeline_timing: per-stage wall time of `dvc repro` on the default demo", pipeline_timing.main),
     ("features_speed: items/s per encoder, batched vs naive; cache counters", features_speed.main),
     ("models_speed: seconds per training epoch and per full-ranking evaluation", models_speed.main),
+    ("ingest_scale: ingest of 10M review + 1M meta lines (2014 format, gzip); lines/s, peak RSS", ingest_scale.main),
     ("graphs_knn: blockwise kNN on 200,000 x 512 vs dense N x N (about 8 minutes)", graphs_knn.main),
 ]
 REAL_DATA = ("mmrec_baby: BPR and LightGCN on real Amazon Baby vs MMRec's table (about 12 minutes)", mmrec_baby.main)

@@ -30,6 +30,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
+import pyarrow as pa
+import pyarrow.compute as pc
+
 from stages.common import http
 from stages.common.io import atomic_dir, sha256_file, write_json
 from stages.common.log import get_logger
@@ -158,19 +161,21 @@ def fetch_remote(
 def image_jobs(tmp: Path, files: list[dict[str, Any]], cache: Path) -> tuple[list[http.ImageJob], int]:
     """One job per reviewed item whose meta has an image URL (items outside the reviews are not fetched)."""
     from stages.sources import formats  # the readers ingest uses; imported here to keep demo runs light
+    from stages.sources.malformed import Malformed
 
     reviewed: set[str] = set()
     meta_files = []
     for entry in files:
         path = tmp / entry["path"]
         if entry["role"] == "reviews":
-            table = formats.read_reviews_file(path, entry["format"])
-            reviewed.update(table.column("item_id").to_pylist())
+            columns = formats.REVIEW_READERS[entry["format"]](path, Malformed(entry["path"]))
+            ids = columns.item_id  # string or dictionary<int32, string>, chunked or not
+            reviewed.update(pc.unique(ids.cast(pa.string())).to_pylist())
         elif entry["role"] == "meta":
             meta_files.append((path, entry["format"]))
     jobs: dict[str, http.ImageJob] = {}
     for path, fmt in meta_files:
-        for item in formats.iter_meta_file(path, fmt, reviewed):
+        for item in formats.META_READERS[fmt](path, Malformed(path.name), reviewed):
             url = item.get("image_url")
             if url and item["item_id"] not in jobs:
                 suffix = Path(urlparse(url).path).suffix.lower()

@@ -95,6 +95,7 @@ def read_interactions(path: Path, bad: Malformed) -> pd.DataFrame:
     items: list[str] = []
     positions: list[int] = []
     first_line: dict[str, int] = {}
+    line_no = 0
     for line_no, line in enumerate(_lines(path), start=1):
         if not line.strip():
             continue
@@ -117,7 +118,7 @@ def read_interactions(path: Path, bad: Malformed) -> pd.DataFrame:
         users.extend([user] * len(seq_items))
         items.extend(seq_items)
         positions.extend(range(len(seq_items)))
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "user_id": pd.array(users, dtype="string"),
             "item_id": pd.array(items, dtype="string"),
@@ -125,6 +126,8 @@ def read_interactions(path: Path, bad: Malformed) -> pd.DataFrame:
             "timestamp": np.asarray(positions, dtype=np.int64),
         }
     )
+    frame.attrs["lines"] = line_no  # physical lines read, for ingest's counts
+    return frame
 
 
 def iter_items(path: Path, bad: Malformed, wanted: set[str] | None) -> Iterator[dict[str, Any]]:

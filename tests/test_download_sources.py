@@ -1,0 +1,207 @@
+"""download for the real sources: URLs from the catalog (overridden to a local server), the resumable cache,
+product images with failures by reason, local folders, and the errors a user without network sees."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import io
+import json
+import threading
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from stages import download, ingest
+from stages.common.http import DownloadError
+from stages.common.io import read_json, sha256_file
+from stages.common.params import ParamsError
+from stages.sources import catalog
+
+
+def jpeg(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (16, 12), color).save(buf, format="JPEG")
+    return buf.getvalue()
+
+
+def amazon2014_files(n_users: int = 6, n_items: int = 6) -> dict[str, bytes]:
+    """A tiny category in the 2014 format: every user reviews every item; one item has a dead image link."""
+    reviews = [
+        json.dumps({"reviewerID": f"U{u}", "asin": f"B{i:03d}", "overall": 4.0, "unixReviewTime": 100 * u + i})
+        for u in range(n_users)
+        for i in range(n_items)
+    ]
+    meta = []
+    for i in range(n_items):
+        url = {0: "/img/missing.jpg", 1: "/img/notimage.jpg"}.get(i, f"/img/B{i:03d}.jpg")
+        meta.append(repr({"asin": f"B{i:03d}", "title": f"Item {i}", "imUrl": "{base}" + url}))
+    meta.append(repr({"asin": "B999", "title": "never reviewed", "imUrl": "{base}/img/B999.jpg"}))
+    return {
+        "/reviews_Baby_5.json.gz": gzip.compress(("\n".join(reviews) + "\n").encode()),
+        "/meta_Baby.json.gz": ("\n".join(meta) + "\n").encode(),  # templated with the server's address below
+    }
+
+
+class Server:
+    """Serves a dict of path -> bytes on 127.0.0.1 and records every request path."""
+
+    def __init__(self, files: dict[str, bytes]) -> None:
+        self.files = files
+        self.requests: list[str] = []
+        outer = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
+                outer.requests.append(self.path)
+                body = outer.files.get(self.path)
+                if body is None:
+                    self.send_error(404)
+                    return
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.base = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def server():
+    files = amazon2014_files()
+    srv = Server(files)
+    meta = files["/meta_Baby.json.gz"].decode().replace("{base}", srv.base)
+    files["/meta_Baby.json.gz"] = gzip.compress(meta.encode())
+    for i in range(2, 6):
+        files[f"/img/B{i:03d}.jpg"] = jpeg((40 * i, 0, 0))
+    files["/img/B999.jpg"] = jpeg((0, 0, 255))
+    files["/img/notimage.jpg"] = b"<html>not found</html>"
+    yield srv
+    srv.close()
+
+
+def baby_params(params: dict, base: str, tmp_path: Path) -> dict:
+    params["datasets"]["baby"] = {
+        "source": "amazon2014",
+        "category": "Baby",
+        "images": True,
+        "urls": {"reviews": f"{base}/reviews_Baby_5.json.gz", "meta": f"{base}/meta_Baby.json.gz"},
+    }
+    params["download"] = {"cache_dir": str(tmp_path / "cache"), "timeout": 2, "retries": 1, "image_workers": 4}
+    return params
+
+
+def test_catalog_urls_follow_each_release():
+    specs = {s.role: s for s in catalog.file_specs("amazon2014", {"category": "Baby"})}
+    assert (
+        specs["reviews"].url == "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles/reviews_Baby_5.json.gz"
+    )
+    assert specs["meta"].format == "amazon2014-meta" and specs["image_features"].optional
+    specs = {s.role: s for s in catalog.file_specs("amazon2023", {"category": "Baby_Products"})}
+    assert specs["reviews"].url.endswith("/amazon_2023/raw/review_categories/Baby_Products.jsonl.gz")
+    assert specs["meta"].url.endswith("/amazon_2023/raw/meta_categories/meta_Baby_Products.jsonl.gz")
+    specs = {s.role: s for s in catalog.file_specs("amazon2018", {"category": "Sports_and_Outdoors"})}
+    assert specs["reviews"].url.endswith("/amazon_v2/categoryFilesSmall/Sports_and_Outdoors_5.json.gz")
+    with pytest.raises(ParamsError, match="'Babies' has no per-category file in amazon2014"):
+        catalog.file_specs("amazon2014", {"category": "Babies"})
+
+
+def test_download_fetches_files_and_images_into_a_verified_manifest(tmp_path, params, server):
+    baby_params(params, server.base, tmp_path)
+    manifest = download.run("baby", params, tmp_path / "raw")
+    raw = tmp_path / "raw/baby"
+    roles = {e["role"]: e for e in manifest["files"]}
+    assert set(roles) == {"reviews", "meta"}  # image_features only when asked for
+    assert roles["reviews"]["url"] == f"{server.base}/reviews_Baby_5.json.gz"
+    for entry in manifest["files"]:
+        assert entry["sha256"] == sha256_file(raw / entry["path"]) and entry["status"] == "downloaded"
+    assert read_json(raw / "MANIFEST.json") == manifest and manifest["source"] == "amazon2014"
+    fetched = manifest["images_fetch"]
+    assert fetched["ok"] == 4 and fetched["failed"] == {"http_404": 1, "not_an_image": 1}
+    assert sorted(p.name for p in (raw / "images").iterdir()) == [f"B{i:03d}.jpg" for i in range(2, 6)]
+    assert "/img/B999.jpg" not in server.requests  # an item outside the reviews is not fetched
+    # ingest reads what download wrote
+    stats = ingest.run("baby", params, tmp_path / "raw", tmp_path / "processed")
+    assert stats["users"] == 6 and stats["items"] == 6
+
+    # A re-run (DVC empties raw/baby first) takes every complete file and image from the cache.
+    server.requests.clear()
+    download.run("baby", params, tmp_path / "raw")
+    assert [r for r in server.requests if not r.startswith("/img/")] == []
+    assert set(server.requests) == {"/img/missing.jpg", "/img/notimage.jpg"}  # only failures are retried
+
+
+def test_without_network_the_error_names_the_url_and_where_to_put_the_file(tmp_path, params):
+    baby_params(params, "http://127.0.0.1:9", tmp_path)  # port 9 (discard): connection refused
+    with pytest.raises(DownloadError) as err:
+        download.run("baby", params, tmp_path / "raw")
+    text = str(err.value)
+    assert "http://127.0.0.1:9/reviews_Baby_5.json.gz" in text and "reviews_Baby_5.json.gz" in text
+    assert not (tmp_path / "raw/baby").exists()  # nothing half-made under the output name
+
+
+def test_a_file_placed_by_hand_in_the_cache_is_used_without_network(tmp_path, params, server):
+    baby_params(params, "http://127.0.0.1:9", tmp_path)
+    for name in ("reviews_Baby_5.json.gz", "meta_Baby.json.gz"):
+        dest = download.cache_path(tmp_path / "cache", f"http://127.0.0.1:9/{name}")
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(server.files[f"/{name}"])
+    params["datasets"]["baby"]["images"] = False
+    manifest = download.run("baby", params, tmp_path / "raw")
+    assert [e["status"] for e in manifest["files"]] == ["present", "present"]
+    assert "images_fetch" not in manifest
+
+
+def test_sha256_pinned_in_params_is_checked(tmp_path, params, server):
+    baby_params(params, server.base, tmp_path)
+    params["datasets"]["baby"].update(images=False, sha256={"reviews": "0" * 64})
+    with pytest.raises(DownloadError, match="sha256"):
+        download.run("baby", params, tmp_path / "raw")
+    assert not (tmp_path / "raw/baby").exists()
+
+
+def test_local_folder_in_mmrec_format(tmp_path, params):
+    src = tmp_path / "mmrec_baby"
+    src.mkdir()
+    (src / "baby.inter").write_text("userID\titemID\tx_label\n0\t0\t0\n0\t1\t2\n1\t1\t0\n1\t0\t1\n")
+    params["datasets"]["mb"] = {"source": "mmrec", "name": "baby", "path": str(src)}
+    manifest = download.run("mb", params, tmp_path / "raw")
+    assert manifest["origin"] == "local" and manifest["source"] == "mmrec"
+    assert [(e["role"], e["format"]) for e in manifest["files"]] == [("interactions", "mmrec-inter")]
+    assert (tmp_path / "raw/mb/baby.inter").read_bytes() == (src / "baby.inter").read_bytes()
+
+    params["datasets"]["mb"]["name"] = "sports"
+    with pytest.raises(FileNotFoundError, match=r"sports.inter: the interactions file of dataset 'mb'"):
+        download.run("mb", params, tmp_path / "raw2")
+
+
+def test_local_source_names_its_format(tmp_path, params, server):
+    folder = tmp_path / "by_hand"
+    folder.mkdir()
+    (folder / "r.json.gz").write_bytes(server.files["/reviews_Baby_5.json.gz"])
+    (folder / "meta_Baby.json.gz").write_bytes(server.files["/meta_Baby.json.gz"])
+    params["datasets"]["hand"] = {"source": "local", "format": "amazon2014", "category": "Baby", "path": str(folder)}
+    params["datasets"]["hand"]["files"] = {"reviews": "r.json.gz"}
+    params["datasets"]["hand"]["images"] = False
+    manifest = download.run("hand", params, tmp_path / "raw")
+    assert manifest["source"] == "amazon2014" and {e["role"] for e in manifest["files"]} == {"reviews", "meta"}
+    params["datasets"]["hand"]["format"] = "amazon1999"
+    with pytest.raises(ParamsError, match="datasets.hand.format = 'amazon1999'"):
+        download.run("hand", params, tmp_path / "raw")
+
+
+def test_sources_without_direct_links_say_what_to_do(tmp_path, params):
+    params["datasets"]["bb"] = {"source": "mmrec", "name": "baby"}
+    with pytest.raises(ParamsError, match=r"Google Drive.*datasets.bb.path"):
+        download.run("bb", params, tmp_path / "raw")
