@@ -146,13 +146,23 @@ def fetch_remote(
             f"params.yaml: dataset '{dataset}': no URL for its {spec.role} file {spec.path} ({reason}); download it "
             f"by hand and set datasets.{dataset}.path to its folder, or give datasets.{dataset}.urls.{spec.role}"
         )
-    result = http.download_file(
-        url,
-        cache_path(Path(settings["cache_dir"]), url),
-        timeout=float(settings["timeout"]),
-        retries=int(settings["retries"]),
-        expected_sha256=(cfg.get("sha256") or {}).get(spec.role),
-    )
+    try:
+        result = http.download_file(
+            url,
+            cache_path(Path(settings["cache_dir"]), url),
+            timeout=float(settings["timeout"]),
+            retries=int(settings["retries"]),
+            expected_sha256=(cfg.get("sha256") or {}).get(spec.role),
+        )
+    except http.DownloadError as exc:
+        # raw/<ds>/ is rebuilt on every run, so a file placed by hand belongs in the cache or a `path:` folder.
+        raise http.DownloadError(
+            exc.url,
+            exc.dest,
+            f"{exc.reason}; {spec.role} file {spec.path} of dataset '{dataset}' (or put all its files in one "
+            f"folder and set datasets.{dataset}.path)",
+            exc.attempts,
+        ) from None
     place(result.path, tmp / spec.path)
     known_sha[spec.path] = result.sha256
     return {"role": spec.role, "path": spec.path, "url": url, "format": spec.format, "status": result.status}
