@@ -205,3 +205,45 @@ def test_sources_without_direct_links_say_what_to_do(tmp_path, params):
     params["datasets"]["bb"] = {"source": "mmrec", "name": "baby"}
     with pytest.raises(ParamsError, match=r"Google Drive.*datasets.bb.path"):
         download.run("bb", params, tmp_path / "raw")
+
+
+def test_bilibili_folder_in_pmmrec_layout_runs_through_download_ingest_and_images(tmp_path, params):
+    import pickle
+
+    import lmdb
+    import numpy as np
+    import pyarrow.parquet as pq
+
+    from stages import images
+    from tests.test_presplit_export import LMDB_Image
+
+    folder = tmp_path / "bili_food"
+    folder.mkdir()
+    # 6 users x 5 items (a 5-core already), each sequence in a user-specific order
+    seqs = {f"u{u}": [f"v{10 + (u + k) % 5}" for k in range(5)] for u in range(6)}
+    (folder / "bilibili_food_users.tsv").write_text("".join(f"{u}\t{' '.join(s)}\n" for u, s in seqs.items()))
+    (folder / "bilibili_food_items_texts.tsv").write_text("".join(f"v{10 + i}\t视频 {i}\n" for i in range(5)))
+    env = lmdb.open(str(folder / "bilibili_food_items_images.lmdb"), map_size=1 << 24)
+    with env.begin(write=True) as txn:
+        for i in range(4):  # item v14 has no cover
+            txn.put(str(10 + i).encode(), pickle.dumps(LMDB_Image(np.full((8, 8, 3), 40 * i, np.uint8), str(10 + i))))
+    env.close()
+
+    params["datasets"]["bili"] = {"source": "bilibili", "name": "bili_food", "path": str(folder)}
+    params["split"]["method"] = "leave_one_out"
+    manifest = download.run("bili", params, tmp_path / "raw")
+    assert manifest["covers"]["written"] == 4 and manifest["covers"]["missing"] == 1
+    stats = ingest.run("bili", params, tmp_path / "raw", tmp_path / "processed")
+    assert (stats["users"], stats["items"], stats["interactions"]) == (6, 5, 30)
+    inter = pq.read_table(tmp_path / "processed/bili/interactions.parquet").to_pandas()
+    users = pq.read_table(tmp_path / "processed/bili/users.parquet").to_pandas()
+    items = pq.read_table(tmp_path / "processed/bili/items.parquet").to_pandas()
+    # leave-one-out on the sequence order: each user's last item is test, the one before valid
+    for user_idx, user_id in zip(users.user_idx, users.user_id, strict=True):
+        rows = inter[inter.user_idx == user_idx]
+        last = items.item_id[rows[rows.split == 2].item_idx.item()]
+        before = items.item_id[rows[rows.split == 1].item_idx.item()]
+        assert (before, last) == (seqs[user_id][-2], seqs[user_id][-1])
+    assert items.title.tolist() == [f"视频 {i}" for i in range(5)]
+    report = images.run("bili", params, tmp_path / "raw", tmp_path / "processed")
+    assert report["stored"] == 4 and report["no_url"] == 1
