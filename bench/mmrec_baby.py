@@ -19,12 +19,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import scipy.sparse as sp
 import torch
 
 from models.base import TrainData
+from models.data import load_split
 from models.evaluator import evaluate
 from models.registry import get_model
 from models.trainer import fit
@@ -44,16 +43,8 @@ def import_through_pipeline(inter: Path, work: Path) -> tuple[int, int, list[sp.
     params["datasets"]["baby_mmrec"] = {"source": "mmrec", "name": inter.stem, "path": str(inter.parent)}
     download.run("baby_mmrec", params, work / "raw")
     ingest.run("baby_mmrec", params, work / "raw", work / "processed")
-    frame = pd.read_parquet(work / "processed/baby_mmrec/interactions.parquet")
-    n_users = len(pd.read_parquet(work / "processed/baby_mmrec/users.parquet"))
-    n_items = len(pd.read_parquet(work / "processed/baby_mmrec/items.parquet"))
-    splits = []
-    for label in (0, 1, 2):
-        part = frame[frame.split == label]
-        splits.append(
-            sp.csr_matrix((np.ones(len(part), np.float32), (part.user_idx, part.item_idx)), shape=(n_users, n_items))
-        )
-    return n_users, n_items, splits
+    split = load_split(work / "processed/baby_mmrec", "warm")
+    return split.n_users, split.n_items, [split.train, split.valid, split.test]
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -37,6 +37,7 @@ from stages.common import http
 from stages.common.io import atomic_dir, sha256_file, write_json
 from stages.common.log import get_logger
 from stages.common.params import ParamsError, dataset_params, dataset_stage_main, get
+from stages.images import EXTENSIONS as IMAGE_EXTENSIONS  # the suffixes the images stage looks for
 from stages.sources import catalog, demo
 from stages.sources.catalog import FileSpec
 
@@ -44,7 +45,6 @@ log = get_logger("download")
 
 MANIFEST = "MANIFEST.json"
 SUPPORTED_SOURCES = ("demo", "local", *catalog.SOURCES)
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".gif")
 
 
 def build_demo(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
@@ -189,7 +189,7 @@ def image_jobs(tmp: Path, files: list[dict[str, Any]], cache: Path) -> tuple[lis
             url = item.get("image_url")
             if url and item["item_id"] not in jobs:
                 suffix = Path(urlparse(url).path).suffix.lower()
-                suffix = suffix if suffix in IMAGE_SUFFIXES else ".jpg"
+                suffix = suffix if suffix in IMAGE_EXTENSIONS else ".jpg"
                 jobs[item["item_id"]] = http.ImageJob(item["item_id"], url, cache / f"{item['item_id']}{suffix}")
     return [jobs[k] for k in sorted(jobs)], len(reviewed) - len(jobs)
 
@@ -238,7 +238,7 @@ def take_local_images(cfg: dict[str, Any], tmp: Path, manifest: dict[str, Any]) 
     if not folder.is_dir():
         return
     for src in sorted(folder.iterdir()):
-        if src.is_file() and src.suffix.lower() in IMAGE_SUFFIXES:
+        if src.is_file() and src.suffix.lower() in IMAGE_EXTENSIONS:
             place(src, tmp / "images" / src.name)
     manifest["images_dir"] = "images"
 

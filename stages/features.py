@@ -158,10 +158,7 @@ def run_precomputed(
         has_input = np.abs(matrix).sum(axis=1) > 0  # all-zero rows: the source had no input for the item
     if not has_input.any():
         raise ValueError(f"{raw_dir / entry['path']}: none of the {len(item_ids)} items has a feature row")
-    if fill == "mean":
-        matrix[~has_input] = matrix[has_input].mean(axis=0)
-    else:
-        matrix[~has_input] = 0.0
+    fill_missing(matrix, has_input, fill)
     write_features_table(dataset_dir / "features" / f"{encoder}.parquet", matrix, has_input)
     cache_path = dataset_dir / "features" / f"{encoder}.lmdb"
     if not cache_path.exists():  # the stage's declared cache output; nothing is encoded, so it stays empty
@@ -185,6 +182,11 @@ def run_precomputed(
         dataset, encoder, len(item_ids), entry["path"], stats["without_input"], fill, stats["dim"],
     )  # fmt: skip
     return stats
+
+
+def fill_missing(matrix: np.ndarray, has_input: np.ndarray, fill: str) -> None:
+    """Rows of items without input, in place: the mean of the items with input (as MMRec), or zeros."""
+    matrix[~has_input] = matrix[has_input].mean(axis=0) if fill == "mean" else 0.0
 
 
 def write_features_table(path: Path, matrix: np.ndarray, has_input: np.ndarray) -> None:
@@ -252,8 +254,7 @@ def run(
     present = np.stack([vectors[k] for k in inputs.keys if k is not None])
     matrix = np.zeros((len(has_input), present.shape[1]), dtype=np.float32)
     matrix[has_input] = present
-    if fill == "mean":
-        matrix[~has_input] = present.mean(axis=0)
+    fill_missing(matrix, has_input, fill)
     dim = int(present.shape[1])
     write_features_table(dataset_dir / "features" / f"{encoder}.parquet", matrix, has_input)
     stats = {

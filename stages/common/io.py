@@ -88,7 +88,7 @@ def write_json(target: str | Path, obj: Any) -> None:
 def read_json(path: str | Path) -> Any:
     path = Path(path)
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
+        return json.loads(path.read_text(encoding="utf-8-sig"))  # a leading BOM (as some tools write) is dropped
     except FileNotFoundError:
         raise FileNotFoundError(f"{path}: file not found (run the stage that writes it first)") from None
     except json.JSONDecodeError as exc:

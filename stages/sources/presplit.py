@@ -28,7 +28,6 @@ stats say so. Ratings are 1.0 unless an `.inter` has a `rating` column.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ import pandas as pd
 import pyarrow as pa
 
 from stages.common import schemas
+from stages.common.io import read_json
 from stages.common.log import get_logger
 from stages.sources.malformed import Malformed
 
@@ -82,13 +82,6 @@ def _lines(path: Path) -> Iterator[str]:
             yield line.rstrip("\r\n")
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text(encoding="utf-8-sig"))
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
-
-
 def _index(value: Any, path: Path, where: str, what: str) -> int:
     """A non-negative integer index (JSON int or an integer string), or a stop error naming the record."""
     if isinstance(value, bool):
@@ -130,7 +123,7 @@ def read_map(path: Path, fmt: str, index_column: str) -> list[str]:
     """
     pairs: list[tuple[str, int, str]] = []
     if fmt == "lattice-map":
-        data = _read_json(path)
+        data = read_json(path)
         if not isinstance(data, dict):
             raise ValueError(f"{path}: expected a JSON object (source id -> index), got {type(data).__name__}")
         for key, value in data.items():
@@ -264,7 +257,7 @@ def _int_field(text: str, name: str) -> int:
 
 def read_lattice_split(path: Path, split: int) -> tuple[pd.DataFrame, list[str]]:
     """One LATTICE split file: {user index: [item indices]} -> rows; any bad entry stops, naming its key."""
-    data = _read_json(path)
+    data = read_json(path)
     if not isinstance(data, dict):
         kind = type(data).__name__
         raise ValueError(f"{path}: expected a JSON object (user index -> list of item indices), got {kind}")
