@@ -40,9 +40,10 @@ $(PLOTS_TEMPLATE): $(VENV)/.installed
 	mv $@.tmp $@
 	$(BIN)/dvc config --local plots.html_template $(abspath $@)
 
-# The default (fast) test suite; CI runs exactly this.
+# The default (fast) test suite; CI runs exactly this. Two workers, one test module each at a time (the
+# end-to-end module shares one DVC project between its tests in order).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The slow tests: the full default demo DAG from a fresh copy, twice (determinism and no-op repro).
 test-slow: setup

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import torch
 
+from mmpipe import lmdb_store
+from mmpipe.io import read_parquet, write_parquet
+from mmpipe.threads import use_threads
 from stages import download, features, images, ingest
-from stages.common import lmdb_store
-from stages.common.encoders import ENCODERS, Encoder
-from stages.common.io import read_parquet, write_parquet
-from stages.common.model_builders import build_clip, build_roberta
 from stages.common.params import load_params
-from stages.common.threads import use_threads
+from stages.encoders.builders import build_clip, build_roberta
+from stages.encoders.kinds import ENCODERS, Encoder
 
 ROOT = Path(__file__).resolve().parents[1]
 ROBERTA_BASE = {"seed": 0, "hidden_size": 768, "layers": 12, "heads": 12, "intermediate_size": 3072,
@@ -57,7 +57,7 @@ def demo_data(tmp: Path) -> tuple[Path, list[str], list[bytes]]:
     images.run("demo", params, tmp / "raw", tmp / "processed")
     items = read_parquet(tmp / "processed/demo/items.parquet").to_pylist()
     fields = ("title", "brand", "categories", "description")
-    template = params["features"]["text_template"]
+    template = params["features"]["default"]["text"]["template"]
     texts = [t for t in (features.render_text({k: r[k] for k in fields}, template) for r in items) if t]
     with lmdb_store.reading(tmp / "processed/demo/images.lmdb") as txn:
         jpegs = [value for _, value in txn.cursor()]
@@ -69,9 +69,9 @@ def cache_counters(processed: Path) -> None:
     full = read_parquet(processed / "demo/items.parquet")
     keep = int(len(full) * 0.9)
     write_parquet(processed / "demo/items.parquet", full.slice(0, keep))
-    first = features.run("demo", "sbert", params, processed)
+    first = features.run("demo", "default", "text", params, processed)  # the default set's text: MiniLM
     write_parquet(processed / "demo/items.parquet", full)
-    second = features.run("demo", "sbert", params, processed)
+    second = features.run("demo", "default", "text", params, processed)
     new = second["with_input"] - first["with_input"]
     print(f"\ncache: run 1 on {keep} items encoded {first['encoded']}; after the item set grew by "
           f"{len(full) - keep} items ({new} with text), run 2: {second['cache_hits']} hits, "

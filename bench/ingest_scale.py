@@ -252,13 +252,13 @@ def bench_params(user_min: int = 5, item_min: int = 5) -> dict[str, Any]:
 def child(raw_root: Path, out_root: Path) -> None:
     """In a fresh process: the real ingest, timed, with its peak RSS."""
     from stages import ingest
-    from stages.sources import formats
+    from stages.sources import records
 
     start = time.perf_counter()
     stats = ingest.run("bench", bench_params(), raw_root, out_root)
     wall = time.perf_counter() - start
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss + resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    read = formats.LAST_READ.get(REVIEWS_FILE)
+    read = records.LAST_READ.get(REVIEWS_FILE)
     print(
         json.dumps(
             {

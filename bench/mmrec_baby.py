@@ -22,19 +22,18 @@ from pathlib import Path
 import scipy.sparse as sp
 import torch
 
-from models.base import TrainData
-from models.data import load_split
-from models.evaluator import evaluate
-from models.registry import get_model
-from models.trainer import fit
+from mmpipe.threads import use_threads
+from models.core.base import TrainData
+from models.core.data import load_split
+from models.core.evaluator import evaluate
+from models.core.registry import get_model, model_config
+from models.core.trainer import TrainConfig, fit
 from stages import download, ingest
 from stages.common.params import load_params
-from stages.common.threads import use_threads
-from stages.train import model_hparams, trainer_config
+from stages.report import load_published
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_INTER = ROOT.parent / "shared/data/amazon-baby-mmrec/baby.inter"
-PUBLISHED = {"bpr": (0.0575, 0.0249), "lightgcn": (0.0754, 0.0328)}  # MMRec, Baby: Recall@20, NDCG@20
 
 
 def import_through_pipeline(inter: Path, work: Path) -> tuple[int, int, list[sp.csr_matrix]]:
@@ -60,12 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         n_users, n_items, (train, valid, test) = import_through_pipeline(args.inter, Path(work))
     print(f"{args.inter}: {n_users} users, {n_items} items, train/valid/test {train.nnz}/{valid.nnz}/{test.nnz}")
     params = load_params(ROOT / "params.yaml")
+    published_table = load_published(ROOT / "reports/published.yaml")["mmrec-baby"].results
     print(f"{'model':9s} {'R@20':>7s} {'N@20':>7s} {'published':>16s} {'best epoch':>10s} {'s/epoch':>8s}")
     for name in args.models.split(","):
         cls = get_model(name)
-        hp = model_hparams(params, name)
-        cfg = trainer_config(params, hp)
-        cfg.epochs, cfg.patience = 400, 20
+        hp, trainer = model_config(name, params["train"][name])
+        cfg = TrainConfig.from_params(params["train"]["common"], trainer, {"epochs": 400, "patience": 20})
         data = TrainData(n_users=n_users, n_items=n_items, train=train)
         torch.manual_seed(cfg.seed)
         model = cls(data, hp)
@@ -75,8 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         model.eval()
         metrics, _ = evaluate(model.scorer(), train, test, [20])
         per_epoch = (time.perf_counter() - start) / len(result.history)
-        pub = PUBLISHED.get(name)
-        published = f"{pub[0]:.4f}/{pub[1]:.4f}" if pub else "-"
+        pub = published_table.get(name)
+        published = f"{pub['recall@20']:.4f}/{pub['ndcg@20']:.4f}" if pub else "-"
         print(f"{name:9s} {metrics['recall@20']:7.4f} {metrics['ndcg@20']:7.4f} {published:>16s} "
               f"{result.best_epoch:10d} {per_epoch:8.2f}", flush=True)  # fmt: skip
     return 0

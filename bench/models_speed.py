@@ -20,13 +20,12 @@ from pathlib import Path
 
 import torch
 
-from models.data import load_train_data
-from models.registry import MODELS, get_model
-from models.trainer import fit
+from mmpipe.threads import use_threads
+from models.core.data import load_train_data
+from models.core.registry import all_models, get_model, model_config
+from models.core.trainer import TrainConfig, fit
 from stages import coldstart, demo_clip, download, features, graphs, images, ingest
 from stages.common.params import load_params
-from stages.common.threads import use_threads
-from stages.train import model_hparams, trainer_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -36,12 +35,12 @@ def build_demo(tmp: Path, params: dict) -> Path:
     ingest.run("demo", params, tmp / "raw", tmp / "processed")
     images.run("demo", params, tmp / "raw", tmp / "processed")
     demo_clip.run(params, tmp / "raw/encoders/demo-clip")
-    for encoder in params["features"]["modalities"].values():
-        if params["features"][encoder]["model"] == "raw/encoders/demo-clip":
-            params["features"][encoder]["model"] = str(tmp / "raw/encoders/demo-clip")
-        features.run("demo", encoder, params, tmp / "processed")
+    for modality, block in params["features"]["default"].items():
+        if block.get("model") == "raw/encoders/demo-clip":
+            block["model"] = str(tmp / "raw/encoders/demo-clip")
+        features.run("demo", "default", modality, params, tmp / "processed")
     coldstart.run("demo", params, tmp / "processed")
-    graphs.run("demo", params, tmp / "processed")
+    graphs.run("demo", "default", params, tmp / "processed")
     return tmp / "processed/demo"
 
 
@@ -53,8 +52,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("mmpipe").setLevel(logging.WARNING)
     params = load_params(ROOT / "params.yaml")
     use_threads(None)
-    get_model("bpr")  # loads the registry
-    names = args.models.split(",") if args.models else sorted(MODELS)
+    names = args.models.split(",") if args.models else sorted(all_models())
     tmp = Path(tempfile.mkdtemp(prefix="mmpipe-bench-models-"))
     try:
         dataset_dir = build_demo(tmp, params)
@@ -62,10 +60,10 @@ def main(argv: list[str] | None = None) -> int:
               f"{torch.get_num_threads()} threads)")  # fmt: skip
         for name in names:
             cls = get_model(name)
-            hp = model_hparams(params, name)
-            cfg = trainer_config(params, hp)
-            cfg.epochs, cfg.patience = (1 if not cls.trainable else args.epochs), 10**6
-            data, split = load_train_data(dataset_dir, "warm", cls.group, params["features"]["modalities"])
+            hp, trainer = model_config(name, params["train"][name])
+            epochs = 1 if not cls.trainable else args.epochs
+            cfg = TrainConfig.from_params(params["train"]["common"], trainer, {"epochs": epochs, "patience": 10**6})
+            data, split = load_train_data(dataset_dir, "warm", cls.reads, tuple(params["pipeline"]["modalities"]))
             torch.manual_seed(cfg.seed)
             model = cls(data, hp)
             start = time.perf_counter()
@@ -77,7 +75,7 @@ def main(argv: list[str] | None = None) -> int:
             total = time.perf_counter() - start
             recall = result.best_valid["recall@20"]
             mean_eval = sum(eval_s) / len(eval_s)
-            print(f"{name:10s} {cls.group:6s} {per_epoch:8.2f} {mean_eval:7.2f} {recall:10.4f}  (total {total:.1f} s)")
+            print(f"{name:10s} {cls.reads:6s} {per_epoch:8.2f} {mean_eval:7.2f} {recall:10.4f}  (total {total:.1f} s)")
         users, items = data.n_users, data.n_items
         print(f"demo: {users} users, {items} items, {data.train.nnz} training interactions")
     finally:

@@ -20,7 +20,10 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-PROJECT_FILES = ["stages", "models", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
+PROJECT_FILES = [
+    "mmpipe", "stages", "models", "dvc.yaml", "params.yaml", "reports/published.yaml", "pyproject.toml", ".dvcignore",
+    ".gitignore",
+]  # fmt: skip
 
 
 def make_copy(dest: Path, params: Path | None) -> dict[str, str]:
@@ -29,6 +32,7 @@ def make_copy(dest: Path, params: Path | None) -> dict[str, str]:
         if src.is_dir():
             shutil.copytree(src, dest / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / name)
     if params is not None:
         shutil.copy2(params, dest / "params.yaml")

@@ -5,29 +5,32 @@ As MMRec's BPR: Xavier-initialised 64-d embeddings, loss = BPR + reg_weight * Em
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from models.base import Recommender, TrainData, bpr_loss, emb_loss
-from models.registry import register
+from mmpipe.config import param
+from models.core.base import HParams, Recommender, TrainData
+from models.core.layers import bpr_loss, emb_loss, id_embedding
 
 
-@register("bpr")
 class BPR(Recommender):
-    group = "id"
+    name = "bpr"
+    reads = "id"
 
-    def __init__(self, data: TrainData, hp: dict[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class HParams(HParams):
+        embedding_size: int = param(64, ge=1)
+        reg_weight: float = param(1e-4, ge=0)
+
+    def __init__(self, data: TrainData, hp: BPR.HParams) -> None:
         super().__init__(data, hp)
-        dim = int(hp["embedding_size"])
-        self.reg_weight = float(hp["reg_weight"])
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, dim)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, dim)))
+        self.user_emb = id_embedding(self.n_users, hp.embedding_size)
+        self.item_emb = id_embedding(self.n_items, hp.embedding_size)
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, self.item_emb
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         u, p, n = self.user_emb[users], self.item_emb[pos], self.item_emb[neg]
-        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.reg_weight * emb_loss(u, p, n)
+        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.hp.reg_weight * emb_loss(u, p, n)

@@ -15,41 +15,51 @@ Follows MMRec's FREEDOM:
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
 import torch
 from torch import nn
 
-from models.base import Recommender, TrainData, bpr_loss, sparse_tensor
-from models.graph import binarize, bipartite_adjacency, sym_normalize, top_k
-from models.registry import register
+from mmpipe.config import param
+from models.core.base import IMAGE, HParams, Recommender, TrainData
+from models.core.graph import binarize, bipartite_adjacency, sparse_tensor, sym_normalize, top_k
+from models.core.layers import bpr_loss, id_embedding, layer_mean
 
 
-@register("freedom")
 class FREEDOM(Recommender):
-    group = "graph"
+    name = "freedom"
+    reads = "graph"
     scores_cold_items = True
 
-    def __init__(self, data: TrainData, hp: dict[str, Any]) -> None:
-        super().__init__(data, hp)
-        dim = int(hp["embedding_size"])
-        self.k = int(hp["knn_k"])
-        self.n_mm_layers, self.n_ui_layers = int(hp["n_mm_layers"]), int(hp["n_ui_layers"])
-        self.reg_weight, self.dropout = float(hp["reg_weight"]), float(hp["dropout"])
-        self.modalities = list(hp.get("modalities") or sorted(data.features))
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, dim)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, dim)))
-        self.features = nn.ParameterDict({m: nn.Parameter(data.features[m].clone()) for m in self.modalities})
-        self.project = nn.ModuleDict({m: nn.Linear(data.features[m].shape[1], dim) for m in self.modalities})
+    @dataclass(frozen=True)
+    class HParams(HParams):
+        embedding_size: int = param(64, ge=1)
+        knn_k: int = param(10, ge=1)
+        mm_image_weight: float = param(0.1, ge=0, le=1, doc="fixed image weight of the frozen item graph")
+        n_mm_layers: int = param(1, ge=0)
+        n_ui_layers: int = param(2, ge=0)
+        dropout: float = param(0.8, ge=0, lt=1, doc="share of user-item edges pruned each epoch")
+        reg_weight: float = param(1e-3, ge=0, doc="weight of the modality BPR terms")
+        modalities: tuple[str, ...] | None = param(None, doc="null: all")
 
-        image_weight = float(hp["mm_image_weight"])
-        weights = {m: image_weight if m == "image" else 1.0 - image_weight for m in self.modalities}
+    def __init__(self, data: TrainData, hp: FREEDOM.HParams) -> None:
+        super().__init__(data, hp)
+        self.modalities = data.modalities(self.name, hp.modalities, graphs=True)
+        self.user_emb = id_embedding(self.n_users, hp.embedding_size)
+        self.item_emb = id_embedding(self.n_items, hp.embedding_size)
+        self.features = nn.ParameterDict({m: nn.Parameter(data.features[m].clone()) for m in self.modalities})
+        self.project = nn.ModuleDict(
+            {m: nn.Linear(data.features[m].shape[1], hp.embedding_size) for m in self.modalities}
+        )
+
+        image_weight = hp.mm_image_weight
+        weights = {m: image_weight if m == IMAGE else 1.0 - image_weight for m in self.modalities}
         if len(self.modalities) == 1:  # one modality: its graph alone
             weights = {self.modalities[0]: 1.0}
         mm_adj = sum(
-            weights[m] * sym_normalize(binarize(top_k(data.knn[m], self.k, f"graphs/knn/{m}.npz")))
+            weights[m] * sym_normalize(binarize(top_k(data.knn[m], hp.knn_k, f"graphs/knn/{m}.npz")))
             for m in self.modalities
         )
         self.mm_adj = sparse_tensor(mm_adj)
@@ -64,9 +74,9 @@ class FREEDOM(Recommender):
 
     def on_epoch_start(self, epoch: int, rng: np.random.Generator) -> None:
         """Degree-sensitive edge pruning: keep (1 - dropout) of the edges, favouring low-degree ones."""
-        if self.dropout <= 0:
+        if self.hp.dropout <= 0:
             return
-        n_keep = int(len(self.edge_weights) * (1.0 - self.dropout))
+        n_keep = int(len(self.edge_weights) * (1.0 - self.hp.dropout))
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
         keep = torch.multinomial(self.edge_weights, n_keep, replacement=False, generator=generator).numpy()
         kept = sp.csr_matrix(
@@ -77,14 +87,9 @@ class FREEDOM(Recommender):
 
     def propagate(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.item_emb
-        for _ in range(self.n_mm_layers):
+        for _ in range(self.hp.n_mm_layers):
             h = self.mm_adj @ h
-        x = torch.cat([self.user_emb, self.item_emb])
-        layers = [x]
-        for _ in range(self.n_ui_layers):
-            x = adj @ x
-            layers.append(x)
-        out = torch.stack(layers).mean(dim=0)
+        out = layer_mean(adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers)
         return out[: self.n_users], out[self.n_users :] + h
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -96,5 +101,5 @@ class FREEDOM(Recommender):
         loss = bpr_loss((u * item_all[pos]).sum(-1), (u * item_all[neg]).sum(-1))
         for m in self.modalities:
             p, n = self.project[m](self.features[m][pos]), self.project[m](self.features[m][neg])
-            loss = loss + self.reg_weight * bpr_loss((u * p).sum(-1), (u * n).sum(-1))
+            loss = loss + self.hp.reg_weight * bpr_loss((u * p).sum(-1), (u * n).sum(-1))
         return loss

@@ -8,27 +8,28 @@ Nothing is trained. Cold items are scored through their content neighbours.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import scipy.sparse as sp
 import torch
 
-from models.base import Recommender, Scorer, TrainData
-from models.registry import register
+from mmpipe.config import param
+from models.core.base import HParams, Recommender, Scorer, TrainData
 
 
-@register("itemknn")
 class ItemKNN(Recommender):
-    group = "graph"
+    name = "itemknn"
+    reads = "graph"
     trainable = False
     scores_cold_items = True
 
-    def __init__(self, data: TrainData, hp: dict[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class HParams(HParams):
+        modalities: tuple[str, ...] | None = param(None, doc="modalities whose kNN graphs are summed; null: all")
+
+    def __init__(self, data: TrainData, hp: ItemKNN.HParams) -> None:
         super().__init__(data, hp)
-        modalities = list(hp.get("modalities") or sorted(data.knn))
-        missing = [m for m in modalities if m not in data.knn]
-        if missing:
-            raise ValueError(f"itemknn: no kNN graph for modalities {missing} (have {sorted(data.knn)})")
+        modalities = data.modalities(self.name, hp.modalities, graphs=True)
         sim = sum((data.knn[m] for m in modalities), sp.csr_matrix((self.n_items, self.n_items)))
         self.score_matrix = (sp.csr_matrix(data.train) @ sim).tocsr()
 

@@ -18,82 +18,80 @@ changes nothing in the values; the fixed graphs come from the graphs stage.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender, TrainData, bpr_loss, sparse_tensor
-from models.graph import (
+from mmpipe.config import param
+from models.core.base import HParams, Recommender, TrainData
+from models.core.graph import (
     bipartite_adjacency,
     coo_tensor,
     knn_tensor,
     self_loop_row_normalize,
+    sparse_tensor,
     sym_normalize,
     sym_normalize_tensor,
     top_k,
     weighted_sum,
 )
-from models.registry import register
+from models.core.layers import EpochCache, bpr_loss, id_embedding, layer_mean, squared_l2
 
 
-@register("lattice")
 class LATTICE(Recommender):
-    group = "graph"
+    name = "lattice"
+    reads = "graph"
     scores_cold_items = True
 
-    def __init__(self, data: TrainData, hp: dict[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class HParams(HParams):
+        embedding_size: int = param(64, ge=1)
+        feat_embed_dim: int = param(64, ge=1)
+        knn_k: int = param(10, ge=1)
+        lambda_coeff: float = param(0.9, ge=0, le=1, doc="weight of the original (feature) graph")
+        n_layers: int = param(1, ge=0, doc="item-item convolutions")
+        n_ui_layers: int = param(2, ge=0)
+        reg_weight: float = param(1e-4, ge=0)
+        lr: float | None = param(1e-3, gt=0)
+        lr_decay: float = param(0.96, gt=0, doc="lr * lr_decay^(epoch / 50), as MMRec's LATTICE")
+        modalities: tuple[str, ...] | None = param(None, doc="null: all")
+
+    def __init__(self, data: TrainData, hp: LATTICE.HParams) -> None:
         super().__init__(data, hp)
-        dim, feat_dim = int(hp["embedding_size"]), int(hp["feat_embed_dim"])
-        self.k, self.lam = int(hp["knn_k"]), float(hp["lambda_coeff"])
-        self.n_layers, self.n_ui_layers = int(hp["n_layers"]), int(hp["n_ui_layers"])
-        self.reg_weight = float(hp["reg_weight"])
-        self.modalities = list(hp.get("modalities") or sorted(data.features))
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, dim)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, dim)))
+        self.modalities = data.modalities(self.name, hp.modalities, graphs=True)
+        self.user_emb = id_embedding(self.n_users, hp.embedding_size)
+        self.item_emb = id_embedding(self.n_items, hp.embedding_size)
         # MMRec keeps the raw features trainable (nn.Embedding.from_pretrained(freeze=False)).
         self.features = nn.ParameterDict({m: nn.Parameter(data.features[m].clone()) for m in self.modalities})
-        self.project = nn.ModuleDict({m: nn.Linear(data.features[m].shape[1], feat_dim) for m in self.modalities})
+        self.project = nn.ModuleDict(
+            {m: nn.Linear(data.features[m].shape[1], hp.feat_embed_dim) for m in self.modalities}
+        )
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
         self.original = [
-            coo_tensor(sym_normalize(top_k(data.knn[m], self.k, f"graphs/knn/{m}.npz"))) for m in self.modalities
+            coo_tensor(sym_normalize(top_k(data.knn[m], hp.knn_k, f"graphs/knn/{m}.npz"))) for m in self.modalities
         ]
         self.ui_adj = sparse_tensor(self_loop_row_normalize(bipartite_adjacency(data.train)))
-        self.rebuild = True
-        self.item_adj: torch.Tensor | None = None
+        self.item_graph = EpochCache(self.build_item_graph)
 
     def on_epoch_start(self, epoch: int, rng) -> None:
-        self.rebuild = True
+        self.item_graph.invalidate()
 
     def build_item_graph(self) -> torch.Tensor:
         weights = F.softmax(self.modal_weight, dim=0)
-        learned = [knn_tensor(self.project[m](self.features[m]), self.k) for m in self.modalities]
+        learned = [knn_tensor(self.project[m](self.features[m]), self.hp.knn_k) for m in self.modalities]
         learned_mix = sym_normalize_tensor(weighted_sum(learned, weights))
         original_mix = weighted_sum(self.original, weights)
-        return weighted_sum([learned_mix, original_mix], [1 - self.lam, self.lam])
-
-    def current_item_graph(self) -> torch.Tensor:
-        if not self.training or not torch.is_grad_enabled():  # scoring: fresh graph, cache untouched
-            return self.build_item_graph()
-        if self.rebuild or self.item_adj is None:
-            self.rebuild = False
-            graph = self.build_item_graph()
-            self.item_adj = graph.detach()
-            return graph
-        return self.item_adj
+        lam = self.hp.lambda_coeff
+        return weighted_sum([learned_mix, original_mix], [1 - lam, lam])
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        item_graph = self.current_item_graph()
+        item_graph = self.item_graph.get(self.training)
         h = self.item_emb
-        for _ in range(self.n_layers):
+        for _ in range(self.hp.n_layers):
             h = torch.sparse.mm(item_graph, h)
-        x = torch.cat([self.user_emb, self.item_emb])
-        layers = [x]
-        for _ in range(self.n_ui_layers):
-            x = self.ui_adj @ x
-            layers.append(x)
-        out = torch.stack(layers).mean(dim=0)
+        out = layer_mean(self.ui_adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers)
         return out[: self.n_users], out[self.n_users :] + F.normalize(h, dim=1)
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -102,5 +100,5 @@ class LATTICE(Recommender):
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         user_all, item_all = self.propagate()
         u, p, n = user_all[users], item_all[pos], item_all[neg]
-        reg = (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / (2 * len(users))
-        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.reg_weight * reg
+        reg = squared_l2(u, p, n)  # before the BPR term: autograd sums gradients in the order ops were made
+        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.hp.reg_weight * reg

@@ -8,36 +8,34 @@ layer-0 (ego) embeddings of the batch.
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
-from torch import nn
 
-from models.base import Recommender, TrainData, bpr_loss, emb_loss, sparse_tensor
-from models.graph import bipartite_adjacency, sym_normalize
-from models.registry import register
+from mmpipe.config import param
+from models.core.base import HParams, Recommender, TrainData
+from models.core.graph import bipartite_adjacency, sparse_tensor, sym_normalize
+from models.core.layers import bpr_loss, emb_loss, id_embedding, layer_mean
 
 
-@register("lightgcn")
 class LightGCN(Recommender):
-    group = "id"
+    name = "lightgcn"
+    reads = "id"
 
-    def __init__(self, data: TrainData, hp: dict[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class HParams(HParams):
+        embedding_size: int = param(64, ge=1)
+        n_layers: int = param(3, ge=0)
+        reg_weight: float = param(1e-4, ge=0)
+
+    def __init__(self, data: TrainData, hp: LightGCN.HParams) -> None:
         super().__init__(data, hp)
-        dim = int(hp["embedding_size"])
-        self.n_layers = int(hp["n_layers"])
-        self.reg_weight = float(hp["reg_weight"])
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, dim)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, dim)))
+        self.user_emb = id_embedding(self.n_users, hp.embedding_size)
+        self.item_emb = id_embedding(self.n_items, hp.embedding_size)
         self.adj = sparse_tensor(sym_normalize(bipartite_adjacency(data.train)))
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        x = torch.cat([self.user_emb, self.item_emb])
-        layers = [x]
-        for _ in range(self.n_layers):
-            x = self.adj @ x
-            layers.append(x)
-        out = torch.stack(layers).mean(dim=0)
+        out = layer_mean(self.adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_layers)
         return out[: self.n_users], out[self.n_users :]
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -47,4 +45,4 @@ class LightGCN(Recommender):
         user_all, item_all = self.propagate()
         u, p, n = user_all[users], item_all[pos], item_all[neg]
         reg = emb_loss(self.user_emb[users], self.item_emb[pos], self.item_emb[neg])
-        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.reg_weight * reg
+        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.hp.reg_weight * reg

@@ -19,24 +19,26 @@ items (the shared trainer's rule), and cold items are reached through the item g
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender, TrainData, bpr_loss, sparse_tensor
-from models.graph import (
+from mmpipe.config import param
+from models.core.base import HParams, Recommender, TrainData
+from models.core.graph import (
     bipartite_adjacency,
     coo_tensor,
     knn_tensor,
     self_loop_row_normalize,
+    sparse_tensor,
     sym_normalize,
     sym_normalize_tensor,
     top_k,
     weighted_sum,
 )
-from models.registry import register
+from models.core.layers import EpochCache, bpr_loss, id_embedding, layer_mean, squared_l2
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float, chunk: int = 4096) -> torch.Tensor:
@@ -54,67 +56,63 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float, chunk: int = 4096) 
     return torch.cat(losses).mean()
 
 
-@register("micro")
 class MICRO(Recommender):
-    group = "graph"
+    name = "micro"
+    reads = "graph"
     scores_cold_items = True
 
-    def __init__(self, data: TrainData, hp: dict[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class HParams(HParams):
+        embedding_size: int = param(64, ge=1)
+        knn_k: int = param(10, ge=1)
+        lambda_coeff: float = param(0.9, ge=0, le=1)
+        n_layers: int = param(1, ge=0)
+        n_ui_layers: int = param(2, ge=0)
+        reg_weight: float = param(1e-5, ge=0)
+        cl_weight: float = param(0.03, ge=0, doc="loss_ratio of the official code")
+        tau: float = param(0.5, gt=0)
+        lr: float | None = param(5e-4, gt=0)
+        lr_decay: float = param(0.96, gt=0)
+        modalities: tuple[str, ...] | None = param(None, doc="null: all")
+
+    def __init__(self, data: TrainData, hp: MICRO.HParams) -> None:
         super().__init__(data, hp)
-        dim = int(hp["embedding_size"])
-        self.k, self.lam = int(hp["knn_k"]), float(hp["lambda_coeff"])
-        self.n_layers, self.n_ui_layers = int(hp["n_layers"]), int(hp["n_ui_layers"])
-        self.reg_weight, self.cl_weight, self.tau = float(hp["reg_weight"]), float(hp["cl_weight"]), float(hp["tau"])
-        self.modalities = list(hp.get("modalities") or sorted(data.features))
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, dim)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, dim)))
+        dim = hp.embedding_size
+        self.modalities = data.modalities(self.name, hp.modalities, graphs=True)
+        self.user_emb = id_embedding(self.n_users, dim)
+        self.item_emb = id_embedding(self.n_items, dim)
         self.features = nn.ParameterDict({m: nn.Parameter(data.features[m].clone()) for m in self.modalities})
         self.project = nn.ModuleDict({m: nn.Linear(data.features[m].shape[1], dim) for m in self.modalities})
         self.query = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
         self.original = {
-            m: coo_tensor(sym_normalize(top_k(data.knn[m], self.k, f"graphs/knn/{m}.npz"))) for m in self.modalities
+            m: coo_tensor(sym_normalize(top_k(data.knn[m], hp.knn_k, f"graphs/knn/{m}.npz"))) for m in self.modalities
         }
         self.ui_adj = sparse_tensor(self_loop_row_normalize(bipartite_adjacency(data.train)))
-        self.rebuild = True
-        self.item_graphs: dict[str, torch.Tensor] = {}
+        self.item_graphs = EpochCache(self.build_item_graphs)
 
     def on_epoch_start(self, epoch: int, rng) -> None:
-        self.rebuild = True
+        self.item_graphs.invalidate()
 
     def build_item_graphs(self) -> dict[str, torch.Tensor]:
         graphs = {}
+        lam = self.hp.lambda_coeff
         for m in self.modalities:
-            learned = sym_normalize_tensor(knn_tensor(self.project[m](self.features[m]), self.k))
-            graphs[m] = weighted_sum([learned, self.original[m]], [1 - self.lam, self.lam])
+            learned = sym_normalize_tensor(knn_tensor(self.project[m](self.features[m]), self.hp.knn_k))
+            graphs[m] = weighted_sum([learned, self.original[m]], [1 - lam, lam])
         return graphs
-
-    def current_item_graphs(self) -> dict[str, torch.Tensor]:
-        if not self.training or not torch.is_grad_enabled():  # scoring: fresh graph, cache untouched
-            return self.build_item_graphs()
-        if self.rebuild or not self.item_graphs:
-            self.rebuild = False
-            graphs = self.build_item_graphs()
-            self.item_graphs = {m: g.detach() for m, g in graphs.items()}
-            return graphs
-        return self.item_graphs
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
         """(users, items, per-modality item-graph embeddings, fused item-graph embedding)."""
         per_modality = {}
-        for m, graph in self.current_item_graphs().items():
+        for m, graph in self.item_graphs.get(self.training).items():
             h = self.item_emb
-            for _ in range(self.n_layers):
+            for _ in range(self.hp.n_layers):
                 h = torch.sparse.mm(graph, h)
             per_modality[m] = h
         stacked = torch.stack([per_modality[m] for m in self.modalities], dim=1)  # [items, modalities, dim]
         attention = F.softmax(self.query(stacked), dim=1)
         fused = (attention * stacked).sum(dim=1)
-        x = torch.cat([self.user_emb, self.item_emb])
-        layers = [x]
-        for _ in range(self.n_ui_layers):
-            x = self.ui_adj @ x
-            layers.append(x)
-        out = torch.stack(layers).mean(dim=0)
+        out = layer_mean(self.ui_adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers)
         return out[: self.n_users], out[self.n_users :] + F.normalize(fused, dim=1), per_modality, fused
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
@@ -124,6 +122,6 @@ class MICRO(Recommender):
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         user_all, item_all, per_modality, fused = self.propagate()
         u, p, n = user_all[users], item_all[pos], item_all[neg]
-        reg = (u.pow(2).sum() + p.pow(2).sum() + n.pow(2).sum()) / (2 * len(users))
-        contrastive = sum(info_nce(h, fused, self.tau) for h in per_modality.values())
-        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.reg_weight * reg + self.cl_weight * contrastive
+        reg = squared_l2(u, p, n)  # before the BPR term: autograd sums gradients in the order ops were made
+        contrastive = sum(info_nce(h, fused, self.hp.tau) for h in per_modality.values())
+        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.hp.reg_weight * reg + self.hp.cl_weight * contrastive

@@ -1,7 +1,7 @@
 """REARM (Ma et al., MM'25): refining contrastive learning and homography relations for multimodal recs.
 
 Follows the official MrShouxingMa/REARM code; the 16 flags of its command line are this model's
-hyperparameters (presets for baby / sports / clothing in params.yaml):
+hyperparameters (the official per-dataset settings are PRESETS below, chosen with train.rearm.preset):
 * homogeneous graphs: G_ii = ii_co_weight * C_i + (1 - ii_co_weight) * S_i, where C_i is the item
   co-occurrence top-`item_knn_k` with softmax(counts) row weights and S_i mixes the per-modality item
   kNN graphs (cosine top-`item_knn_k`, self included, divided by k) with i_mm_image_weight on image;
@@ -24,7 +24,7 @@ official code also excludes validation and test items, which uses held-out data)
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import numpy as np
 import scipy.sparse as sp
@@ -32,15 +32,33 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from models.base import Recommender, TrainData, bpr_loss, sparse_tensor
-from models.graph import bipartite_adjacency, sym_normalize, top_k
-from models.registry import register
+from mmpipe.config import ParamsError, param
+from models.core.base import IMAGE, HParams, Recommender, TrainData
+from models.core.graph import bipartite_adjacency, sparse_tensor, sym_normalize, top_k
+from models.core.layers import bpr_loss, layer_mean
 
-FLAGS = (
-    "num_layer", "reg_weight", "rank", "s_drop", "m_drop", "u_mm_image_weight", "i_mm_image_weight",
-    "uu_co_weight", "ii_co_weight", "user_knn_k", "item_knn_k", "n_ii_layers", "n_uu_layers", "cl_tmp",
-    "cl_loss_weight", "diff_loss_weight",
-)  # fmt: skip
+FLAG = "one of REARM's 16 flags: set train.rearm.preset, or give it"
+# The official per-dataset commands (README of MrShouxingMa/REARM); `train.rearm.preset` picks one.
+PRESETS = {
+    "baby": {
+        "num_layer": 4, "reg_weight": 0.0005, "rank": 3, "s_drop": 0.4, "m_drop": 0.6, "u_mm_image_weight": 0.2,
+        "i_mm_image_weight": 0.0, "uu_co_weight": 0.4, "ii_co_weight": 0.2, "user_knn_k": 40, "item_knn_k": 10,
+        "n_ii_layers": 1, "n_uu_layers": 1, "cl_tmp": 0.6, "cl_loss_weight": 5.0e-6, "diff_loss_weight": 5.0e-5,
+        "lr": 5.0e-5,
+    },
+    "sports": {
+        "num_layer": 5, "reg_weight": 0.05, "rank": 7, "s_drop": 1.0, "m_drop": 0.2, "u_mm_image_weight": 0.0,
+        "i_mm_image_weight": 0.2, "uu_co_weight": 0.9, "ii_co_weight": 0.2, "user_knn_k": 25, "item_knn_k": 5,
+        "n_ii_layers": 2, "n_uu_layers": 2, "cl_tmp": 1.5, "cl_loss_weight": 1.0e-3, "diff_loss_weight": 5.0e-4,
+        "lr": 5.0e-5,
+    },
+    "clothing": {
+        "num_layer": 4, "reg_weight": 0.00001, "rank": 3, "s_drop": 0.4, "m_drop": 0.1, "u_mm_image_weight": 0.1,
+        "i_mm_image_weight": 0.1, "uu_co_weight": 0.7, "ii_co_weight": 0.1, "user_knn_k": 45, "item_knn_k": 10,
+        "n_ii_layers": 1, "n_uu_layers": 1, "cl_tmp": 0.03, "cl_loss_weight": 1.0e-6, "diff_loss_weight": 1.0e-5,
+        "lr": 5.0e-5,
+    },
+}  # fmt: skip
 
 
 def softmax_rows(counts: sp.csr_matrix, popularity: np.ndarray, k: int) -> sp.csr_matrix:
@@ -68,7 +86,7 @@ def softmax_rows(counts: sp.csr_matrix, popularity: np.ndarray, k: int) -> sp.cs
 
 def knn_mix(graphs: dict[str, sp.csr_matrix], k: int, image_weight: float, name: str) -> sp.csr_matrix:
     """image_weight * kNN_image + (1 - image_weight) * kNN_text, each top-k cosine divided by k."""
-    weights = {m: image_weight if m == "image" else 1.0 - image_weight for m in graphs}
+    weights = {m: image_weight if m == IMAGE else 1.0 - image_weight for m in graphs}
     if len(graphs) == 1:
         weights = dict.fromkeys(graphs, 1.0)
     return sum(weights[m] * top_k(g, k, f"{name} {m}") / k for m, g in graphs.items())
@@ -133,37 +151,55 @@ def orthogonality(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
     return (x1.T @ x2).pow(2).mean()
 
 
-@register("rearm")
 class REARM(Recommender):
-    group = "graph"
+    name = "rearm"
+    reads = "graph"
     scores_cold_items = True
+    PRESETS = PRESETS
 
-    def __init__(self, data: TrainData, hp: dict[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class HParams(HParams):
+        num_layer: int = param(ge=0, doc=FLAG)
+        reg_weight: float = param(ge=0, doc=FLAG + " (AdamW's weight decay)")
+        rank: int = param(ge=1, doc=FLAG)
+        s_drop: float = param(ge=0, le=1, doc=FLAG)
+        m_drop: float = param(ge=0, le=1, doc=FLAG)
+        u_mm_image_weight: float = param(ge=0, le=1, doc=FLAG)
+        i_mm_image_weight: float = param(ge=0, le=1, doc=FLAG)
+        uu_co_weight: float = param(ge=0, le=1, doc=FLAG)
+        ii_co_weight: float = param(ge=0, le=1, doc=FLAG)
+        user_knn_k: int = param(ge=1, doc=FLAG)
+        item_knn_k: int = param(ge=1, doc=FLAG)
+        n_ii_layers: int = param(ge=0, doc=FLAG)
+        n_uu_layers: int = param(ge=0, doc=FLAG)
+        cl_tmp: float = param(gt=0, doc=FLAG)
+        cl_loss_weight: float = param(ge=0, doc=FLAG)
+        diff_loss_weight: float = param(ge=0, doc=FLAG)
+        embedding_size: int = param(64, ge=1)
+        lr: float | None = param(None, gt=0)
+
+    def __init__(self, data: TrainData, hp: REARM.HParams) -> None:
         super().__init__(data, hp)
-        missing = [f for f in FLAGS if f not in hp]
-        if missing:
-            raise ValueError(f"rearm: hyperparameters {missing} are missing (set train.rearm.preset or list them)")
-        self.dim = dim = int(hp.get("embedding_size", 64))
-        self.num_layer, self.rank = int(hp["num_layer"]), int(hp["rank"])
-        self.n_ii, self.n_uu = int(hp["n_ii_layers"]), int(hp["n_uu_layers"])
-        self.cl_tmp, self.cl_w, self.diff_w = (
-            float(hp["cl_tmp"]),
-            float(hp["cl_loss_weight"]),
-            float(hp["diff_loss_weight"]),
-        )
-        self.weight_decay = float(hp["reg_weight"])
+        self.dim = dim = hp.embedding_size
+        self.num_layer, self.rank = hp.num_layer, hp.rank
+        self.n_ii, self.n_uu = hp.n_ii_layers, hp.n_uu_layers
+        self.cl_tmp, self.cl_w, self.diff_w = hp.cl_tmp, hp.cl_loss_weight, hp.diff_loss_weight
+        self.weight_decay = hp.reg_weight
         self.modalities = [m for m in ("image", "text") if m in data.features]
         if len(self.modalities) != 2:
-            raise ValueError(f"rearm needs image and text features (features.modalities has {sorted(data.features)})")
-        k_u, k_i = int(hp["user_knn_k"]), int(hp["item_knn_k"])
+            missing = [m for m in ("image", "text") if m not in data.features]
+            raise ParamsError(
+                f"model 'rearm' needs image and text features; the dataset has no {missing} (pipeline.modalities)"
+            )
+        k_u, k_i = hp.user_knn_k, hp.item_knn_k
 
         item_pop = np.asarray(data.train.sum(axis=0)).ravel()
         user_pop = np.asarray(data.train.sum(axis=1)).ravel()
         co_i = softmax_rows(top_k(data.item_co, k_i, "graphs/<setting>/item_co.npz"), item_pop, k_i)
         co_u = softmax_rows(top_k(data.user_co, k_u, "graphs/<setting>/user_co.npz"), user_pop, k_u)
-        sim_i = knn_mix({m: data.knn[m] for m in self.modalities}, k_i, float(hp["i_mm_image_weight"]), "item kNN")
-        sim_u = knn_mix({m: data.user_knn[m] for m in self.modalities}, k_u, float(hp["u_mm_image_weight"]), "user kNN")
-        ii_w, uu_w = float(hp["ii_co_weight"]), float(hp["uu_co_weight"])
+        sim_i = knn_mix({m: data.knn[m] for m in self.modalities}, k_i, hp.i_mm_image_weight, "item kNN")
+        sim_u = knn_mix({m: data.user_knn[m] for m in self.modalities}, k_u, hp.u_mm_image_weight, "user kNN")
+        ii_w, uu_w = hp.ii_co_weight, hp.uu_co_weight
         self.item_graph = sparse_tensor(ii_w * co_i + (1 - ii_w) * sim_i)
         self.user_graph = sparse_tensor(uu_w * co_u + (1 - uu_w) * sim_u)
         self.ui_adj = sparse_tensor(sym_normalize(bipartite_adjacency(data.train)))
@@ -178,9 +214,9 @@ class REARM(Recommender):
         self.user_features = nn.ParameterDict({m: nn.Parameter(interest[m].float()) for m in self.modalities})
         self.item_project = nn.ModuleDict({m: self._linear(data.features[m].shape[1], dim) for m in self.modalities})
         self.user_project = nn.ModuleDict({m: self._linear(data.features[m].shape[1], dim) for m in self.modalities})
-        self.self_attention = nn.ModuleDict({m: PositionAttention(float(hp["s_drop"])) for m in self.modalities})
-        self.text_to_image = PositionAttention(float(hp["m_drop"]))
-        self.image_to_text = PositionAttention(float(hp["m_drop"]))
+        self.self_attention = nn.ModuleDict({m: PositionAttention(hp.s_drop) for m in self.modalities})
+        self.text_to_image = PositionAttention(hp.m_drop)
+        self.image_to_text = PositionAttention(hp.m_drop)
         self.norm = nn.LayerNorm(dim)
         self.act = nn.PReLU()
         self.user_meta, self.item_meta = MetaShared(dim, self.rank), MetaShared(dim, self.rank)
@@ -201,11 +237,7 @@ class REARM(Recommender):
         return list(F.normalize(x, dim=1).split(self.dim, dim=1))
 
     def mean_propagate(self, x: torch.Tensor) -> torch.Tensor:
-        layers = [x]
-        for _ in range(self.num_layer):
-            x = self.ui_adj @ x
-            layers.append(x)
-        return torch.stack(layers).mean(dim=0)
+        return layer_mean(self.ui_adj, x, self.num_layer)
 
     def forward_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(representations of users then items [N, 3 * dim], modality channel M [N, 2 * dim])."""

@@ -1,39 +1,42 @@
 """VBPR (He & McAuley, AAAI'16): BPR-MF plus a learned projection of the items' content features.
 
-As MMRec's VBPR: the item representation is [ID embedding ; Linear(concat(text, image features))],
-the user embedding has twice the size; loss = BPR + reg_weight * EmbLoss. One addition for the
-cold-start setting: an item without training interactions has an untrained ID embedding, so its ID
-half is zeroed when scoring and it is ranked from its content alone.
+As MMRec's VBPR: the item representation is [ID embedding ; Linear(concat(features of each
+modality))], the user embedding has twice the size; loss = BPR + reg_weight * EmbLoss. One addition
+for the cold-start setting: an item without training interactions has an untrained ID embedding, so
+its ID half is zeroed when scoring and it is ranked from its content alone.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from models.base import Recommender, TrainData, bpr_loss, emb_loss
-from models.registry import register
+from mmpipe.config import param
+from models.core.base import HParams, Recommender, TrainData
+from models.core.layers import bpr_loss, emb_loss, id_embedding
 
 
-@register("vbpr")
 class VBPR(Recommender):
-    group = "feat"
+    name = "vbpr"
+    reads = "feat"
     scores_cold_items = True
 
-    def __init__(self, data: TrainData, hp: dict[str, Any]) -> None:
+    @dataclass(frozen=True)
+    class HParams(HParams):
+        embedding_size: int = param(64, ge=1)
+        reg_weight: float = param(1e-4, ge=0)
+        modalities: tuple[str, ...] | None = param(None, doc="modalities whose features are concatenated; null: all")
+
+    def __init__(self, data: TrainData, hp: VBPR.HParams) -> None:
         super().__init__(data, hp)
-        dim = int(hp["embedding_size"])
-        self.reg_weight = float(hp["reg_weight"])
-        modalities = list(hp.get("modalities") or sorted(data.features))
-        missing = [m for m in modalities if m not in data.features]
-        if missing:
-            raise ValueError(f"vbpr: modalities {missing} have no features (have {sorted(data.features)})")
+        dim = hp.embedding_size
+        modalities = data.modalities(self.name, hp.modalities)
         self.register_buffer("content", torch.cat([data.features[m] for m in modalities], dim=1), persistent=False)
         self.register_buffer("seen", torch.from_numpy(data.seen_items).float().unsqueeze(1), persistent=False)
-        self.user_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_users, 2 * dim)))
-        self.item_emb = nn.Parameter(nn.init.xavier_uniform_(torch.empty(self.n_items, dim)))
+        self.user_emb = id_embedding(self.n_users, 2 * dim)
+        self.item_emb = id_embedding(self.n_items, dim)
         self.project = nn.Linear(self.content.shape[1], dim)
         nn.init.xavier_normal_(self.project.weight)
         nn.init.zeros_(self.project.bias)
@@ -47,4 +50,4 @@ class VBPR(Recommender):
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         items = self.item_representation()
         u, p, n = self.user_emb[users], items[pos], items[neg]
-        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.reg_weight * emb_loss(u, p, n)
+        return bpr_loss((u * p).sum(-1), (u * n).sum(-1)) + self.hp.reg_weight * emb_loss(u, p, n)

@@ -12,18 +12,31 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from stages.common import schemas
-from stages.common.io import read_parquet, write_json, write_parquet
-from stages.common.log import get_logger
-from stages.common.params import ParamsError, dataset_stage_main, get
+from mmpipe import schemas
+from mmpipe.config import Config, ParamsError, param
+from mmpipe.io import read_parquet, write_json, write_parquet
+from mmpipe.log import get_logger
+from mmpipe.paths import PROCESSED, DatasetDir
+from stages.common.params import declared, run_stage
 
 log = get_logger("coldstart")
+
+
+def param_keys(dataset: str) -> list[str]:
+    return ["coldstart"]
+
+
+@dataclass(frozen=True)
+class ColdstartConfig(Config):
+    ratio: float = param(0.2, gt=0, lt=1, doc="share of items held out as cold (MICRO: 20%)")
+    seed: int = param(123)
 
 
 def cold_items(n_items: int, ratio: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
@@ -35,12 +48,13 @@ def cold_items(n_items: int, ratio: float, seed: int) -> tuple[np.ndarray, np.nd
     return np.sort(drawn[half:]), np.sort(drawn[:half])
 
 
-def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")) -> dict[str, Any]:
+def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> dict[str, Any]:
     start = time.perf_counter()
-    ratio, seed = float(get(params, "coldstart.ratio")), int(get(params, "coldstart.seed"))
-    dataset_dir = out_root / dataset
-    table = read_parquet(dataset_dir / "interactions.parquet")
-    n_items = len(read_parquet(dataset_dir / "items.parquet", columns=["item_idx"]))
+    cfg = ColdstartConfig.parse(declared(params, param_keys(dataset)).get("coldstart"), "coldstart")
+    ratio, seed = cfg.ratio, cfg.seed
+    ds = DatasetDir.of(dataset, processed)
+    table = read_parquet(ds.interactions)
+    n_items = len(read_parquet(ds.items, columns=["item_idx"]))
     valid_items, test_items = cold_items(n_items, ratio, seed)
 
     item = table["item_idx"].to_numpy()
@@ -48,7 +62,7 @@ def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")
     split[np.isin(item, valid_items)] = 1
     split[np.isin(item, test_items)] = 2
     out = table.set_column(table.schema.get_field_index("split"), "split", pa.array(split, pa.int8()))
-    write_parquet(dataset_dir / "coldstart.parquet", out.cast(schemas.INTERACTIONS))
+    write_parquet(ds.coldstart, out.cast(schemas.INTERACTIONS))
 
     user = table["user_idx"].to_numpy()
     users_with_train = np.unique(user[split == 0])
@@ -63,7 +77,7 @@ def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")
         },
         "users_without_train": int(len(np.unique(user)) - len(users_with_train)),
     }
-    write_json(dataset_dir / "coldstart_stats.json", stats)
+    write_json(ds.coldstart_stats, stats)
     log.info(
         "%s: %d cold items (%d valid, %d test), interactions train/valid/test %d/%d/%d, "
         "%d users left without training interactions, %.1f s",
@@ -79,7 +93,7 @@ def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dataset_stage_main(__doc__, run, argv)
+    return run_stage(__doc__, run, ("dataset",), argv, param_keys=param_keys)
 
 
 if __name__ == "__main__":

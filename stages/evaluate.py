@@ -1,71 +1,108 @@
-"""Stage `evaluate`: full-ranking test metrics of a trained model -> `metrics.json` and `topk.parquet`.
+"""Stage `evaluate`: full-ranking test metrics of a trained model -> `metrics.json`, `evaluation.json`, `topk.parquet`.
 
 Warm setting: test users of interactions.parquet, ranked over all items with their training items
 masked. Cold setting: the MICRO protocol, test interactions are those with cold items (never seen
 in training), ranked over all items with training items masked. ID-only models cannot rank unseen
-items; their warm metrics.json says so instead of reporting zeros for cold-start.
+items; their evaluation.json says so instead of reporting zeros for cold-start.
+
+`metrics.json` holds the headline numbers only (test and best-validation Recall@20 / NDCG@20, or
+whatever `train.common.valid_metric` names), so `dvc metrics show` and `dvc exp show` stay readable;
+choose experiments on `valid`, report `test`. `evaluation.json` beside it has every metric at every
+cut-off of `evaluate.topk`, the user counts and the timings.
 """
 
 from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import torch
 
-from models.data import load_train_data
-from models.evaluator import evaluate
-from stages.common.io import write_json, write_parquet
-from stages.common.log import get_logger
-from stages.common.params import ParamsError, get
-from stages.train import model_for_stage, model_stage_main, run_dir
+from mmpipe.config import Config, ParamsError, param
+from mmpipe.io import read_json, write_json, write_parquet
+from mmpipe.log import get_logger
+from mmpipe.paths import PROCESSED, RUNS
+from mmpipe.threads import use_threads
+from models.core.evaluator import evaluate
+from stages.common.params import declared, run_stage
+from stages.train import FLAGS, OPTIONAL_FLAGS, load_checkpoint, load_data, run_spec
 
 log = get_logger("evaluate")
+
+HEADLINE = ("recall@20", "ndcg@20")  # the metrics published tables give; always in metrics.json
+
+
+def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
+    keys = ["evaluate", "train.num_threads"]
+    return keys + (["pipeline.modalities"] if group != "id" else [])
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Config):
+    """`evaluate`: the cut-offs of the test metrics and how many users are ranked at once."""
+
+    topk: tuple[int, ...] = param([5, 10, 20, 50], doc="cut-offs K of Recall/NDCG/Precision/MAP@K")
+    batch_users: int = param(2048, ge=1, doc="users scored per batch (memory: batch x items floats)")
+
+    def check(self, where: str) -> None:
+        if not self.topk or min(self.topk) < 1:
+            raise ParamsError(f"params.yaml: {where}.topk = {list(self.topk)}: expected positive cut-offs")
+
+
+def headline(test: dict[str, float], valid: dict[str, float]) -> dict[str, dict[str, float]]:
+    """The few numbers metrics.json carries: test and validation values of the headline metrics."""
+    keys = [k for k in HEADLINE if k in test] or sorted(test)[:2]
+    return {
+        "test": {k: round(test[k], 6) for k in keys},
+        "valid": {k: round(valid[k], 6) for k in HEADLINE if k in valid},
+    }
 
 
 def run(
     dataset: str,
-    model_name: str,
+    model: str,
     setting: str,
     group: str,
     params: dict[str, Any],
-    out_root: Path = Path("processed"),
-    runs_root: Path = Path("runs"),
+    feature_set: str | None = None,
+    processed: Path = PROCESSED,
+    runs: Path = RUNS,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    cls = model_for_stage(model_name, setting, group, params)
-    ks = sorted(int(k) for k in get(params, "evaluate.topk"))
-    if not ks or ks[0] < 1:
-        raise ParamsError(f"params.yaml: evaluate.topk must be positive integers, got {ks}")
-    out_dir = run_dir(dataset, model_name, setting, runs_root)
-    checkpoint_path = out_dir / "model.pt"
-    if not checkpoint_path.is_file():
-        raise FileNotFoundError(f"{checkpoint_path}: no trained model (run train for {model_name}/{setting} first)")
-    checkpoint = torch.load(checkpoint_path, map_location="cpu", weights_only=False)
+    declared_params = declared(params, param_keys(dataset, model, setting, group, feature_set))
+    cfg = EvaluateConfig.parse(declared_params.get("evaluate"), "evaluate")
+    spec = run_spec(dataset, model, setting, group, feature_set, declared_params, runs)
+    use_threads(spec.num_threads)
+    files = spec.files
+    checkpoint = load_checkpoint(spec)
+    summary = read_json(files.train_summary)
 
-    data, split = load_train_data(out_root / dataset, setting, cls.group, dict(get(params, "features.modalities")))
-    model = cls(data, checkpoint["hp"])
-    model.load_state_dict(checkpoint["state_dict"])
-    model.eval()
-    metrics, ranking = evaluate(model.scorer(), split.train, split.test, ks, int(get(params, "evaluate.batch_users")))
+    data, split = load_data(spec, processed)
+    hp = spec.cls.HParams.parse(checkpoint["hp"], f"{files.checkpoint} hp")
+    net = spec.cls(data, hp)
+    net.load_state_dict(checkpoint["state_dict"])
+    net.eval()
+    ks = sorted(set(cfg.topk))
+    metrics, ranking = evaluate(net.scorer(), split.train, split.test, ks, cfg.batch_users)
 
     test_users = np.flatnonzero(np.diff(split.test.indptr) > 0)
-    summary = checkpoint["summary"]
     result: dict[str, Any] = {
-        "model": model_name,
+        "model": model,
         "setting": setting,
+        "feature_set": feature_set,
         "test": {k: round(v, 6) for k, v in metrics.items()},
+        "valid": summary["best_valid"],
         "users_evaluated": len(ranking.users),
         "users_skipped_no_train": int(len(test_users) - len(ranking.users)),
         "best_epoch": summary["best_epoch"],
         "epochs_run": summary["epochs_run"],
         "seconds_per_epoch": summary["seconds_per_epoch"],
         "eval_seconds": 0.0,
-        "scores_cold_items": cls.scores_cold_items,
+        "scores_cold_items": spec.cls.scores_cold_items,
         "dataset_stats": {
             "users": split.n_users,
             "items": split.n_items,
@@ -74,12 +111,12 @@ def run(
             "test": int(split.test.nnz),
         },
     }
-    if not cls.scores_cold_items:
+    if not spec.cls.scores_cold_items:
         result["cold_start"] = "not supported (ID-only model: cannot rank items unseen in training)"
 
     n, k = ranking.topk.shape
     write_parquet(
-        out_dir / "topk.parquet",
+        files.topk,
         pa.table(
             {
                 "user_idx": pa.array(np.repeat(ranking.users, k).astype(np.int32)),
@@ -90,22 +127,18 @@ def run(
         ),
     )
     result["eval_seconds"] = round(time.perf_counter() - start, 2)
-    write_json(out_dir / "metrics.json", result)
+    write_json(files.evaluation, result)
+    write_json(files.metrics, headline(result["test"], result["valid"]))
     log.info(
-        "%s/%s/%s: %d users, recall@20 %.4f, ndcg@20 %.4f (%.1f s)",
-        dataset,
-        model_name,
-        setting,
-        len(ranking.users),
-        metrics.get("recall@20", float("nan")),
-        metrics.get("ndcg@20", float("nan")),
+        "%s: %d users, recall@20 %.4f, ndcg@20 %.4f (%.1f s)",
+        spec.label, len(ranking.users), metrics.get("recall@20", float("nan")), metrics.get("ndcg@20", float("nan")),
         result["eval_seconds"],
-    )
+    )  # fmt: skip
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
-    return model_stage_main(__doc__, run, argv)
+    return run_stage(__doc__, run, FLAGS, argv, optional=OPTIONAL_FLAGS, param_keys=param_keys)
 
 
 if __name__ == "__main__":

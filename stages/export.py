@@ -1,6 +1,7 @@
 """Stage `export`: write a processed dataset in the MMRec / REARM format, so those codebases can read it as is.
 
-`processed/<ds>/export/` (built in a temporary folder and renamed into place as a whole):
+`processed/<ds>/export/<feature set>/` (one per feature set, built in a temporary folder and renamed into
+place as a whole):
 
 * `<ds>.inter`: MMRec's interaction file, tab-separated with the header
   `userID itemID rating timestamp x_label` (x_label = split: 0 train, 1 valid, 2 test), sorted by userID,
@@ -10,8 +11,7 @@
   `asin<TAB>itemID` (source id -> index).
 * `train.npy`, `valid.npy`, `test.npy`: REARM's split arrays, int64 of shape (2, n): row 0 user, row 1 item.
 * `<modality>_feat.npy` (MMRec / REARM: `image_feat.npy`, `text_feat.npy`): float32 (n_items, d), row i =
-  item i, for each modality of `features.modalities` whose `features/<encoder>.parquet` exists; a modality
-  without its features file is skipped and reported.
+  item i, for each modality of `pipeline.modalities`, from the feature set.
 * `export_stats.json`: the counts written (no timings, so the folder's bytes depend only on its inputs).
 """
 
@@ -25,12 +25,20 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.common import schemas
-from stages.common.io import atomic_dir, check_columns, read_features, read_parquet, write_json, write_text
-from stages.common.log import get_logger
-from stages.common.params import ParamsError, dataset_stage_main, get
+from mmpipe import schemas
+from mmpipe.io import atomic_dir, read_parquet, write_json, write_text
+from mmpipe.log import get_logger
+from mmpipe.paths import PROCESSED, DatasetDir
+from mmpipe.schemas import check_columns, read_features
+from stages.common import pipeline
+from stages.common.params import declared, run_stage
 
 log = get_logger("export")
+
+
+def param_keys(dataset: str, feature_set: str) -> list[str]:
+    return ["pipeline.modalities"]
+
 
 INTER_COLUMNS = ("userID", "itemID", "rating", "timestamp", "x_label")
 
@@ -63,14 +71,15 @@ def _mapping(name: str, index_name: str, ids: list[str]) -> str:
     return f"{name}\t{index_name}\n" + "".join(f"{value}\t{i}\n" for i, value in enumerate(ids))
 
 
-def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")) -> dict[str, Any]:
+def run(dataset: str, feature_set: str, params: dict[str, Any], processed: Path = PROCESSED) -> dict[str, Any]:
     start = time.perf_counter()
-    ds_dir = out_root / dataset
-    inter_path = ds_dir / "interactions.parquet"
+    modalities = pipeline.modalities(declared(params, param_keys(dataset, feature_set)))
+    ds = DatasetDir.of(dataset, processed)
+    inter_path = ds.interactions
     table = read_parquet(inter_path)
     check_columns(table, {f.name: f.type for f in schemas.INTERACTIONS}, inter_path)
-    user_ids = _index_table(ds_dir / "users.parquet", "user_idx", "user_id")
-    item_ids = _index_table(ds_dir / "items.parquet", "item_idx", "item_id")
+    user_ids = _index_table(ds.users, "user_idx", "user_id")
+    item_ids = _index_table(ds.items, "item_idx", "item_id")
     n_users, n_items = len(user_ids), len(item_ids)
 
     frame = table.select(schemas.INTERACTIONS.names).to_pandas()
@@ -82,21 +91,18 @@ def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")
         raise ValueError(f"{inter_path}: split has codes other than 0, 1, 2")
     frame = frame.sort_values(["user_idx", "split", "item_idx"], kind="stable").reset_index(drop=True)
 
-    modalities = get(params, "features.modalities", {}) or {}
-    if not isinstance(modalities, dict):
-        raise ParamsError(f"params.yaml: features.modalities must map modality -> encoder, got {modalities!r}")
-
     split_counts = {name: int((frame["split"] == code).sum()) for name, code in schemas.SPLIT_CODES.items()}
     stats: dict[str, Any] = {
         "dataset": dataset,
+        "feature_set": feature_set,
         "users": n_users,
         "items": n_items,
         "interactions": len(frame),
         "split": split_counts,
         "features": {},
-        "skipped_modalities": {},
     }
-    with atomic_dir(ds_dir / "export") as tmp:
+    out_dir = ds.export / feature_set
+    with atomic_dir(out_dir) as tmp:
         write_text(tmp / f"{dataset}.inter", _format_inter(frame))
         write_text(tmp / "u_id_mapping.csv", _mapping("user_id", "userID", user_ids))
         write_text(tmp / "i_id_mapping.csv", _mapping("asin", "itemID", item_ids))
@@ -104,37 +110,29 @@ def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")
             part = frame[frame["split"] == code]
             pairs = np.stack([part["user_idx"].to_numpy(np.int64), part["item_idx"].to_numpy(np.int64)])
             np.save(tmp / f"{name}.npy", pairs, allow_pickle=False)
-        for modality, encoder in sorted(modalities.items()):
-            feat_path = ds_dir / "features" / f"{encoder}.parquet"
-            if not feat_path.is_file():
-                stats["skipped_modalities"][modality] = f"{feat_path} not found (run features for {encoder})"
-                log.warning(
-                    "%s: no %s features (%s missing); %s_feat.npy not written", dataset, modality, feat_path, modality
-                )
-                continue
+        for modality in sorted(modalities):
+            feat_path = ds.features(feature_set, modality)
             matrix, has_input = read_features(feat_path)
             if matrix.shape[0] != n_items:
                 raise ValueError(f"{feat_path}: {matrix.shape[0]} rows, but items.parquet has {n_items} items")
             np.save(tmp / f"{modality}_feat.npy", np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
             stats["features"][modality] = {
-                "encoder": encoder,
+                "feature_set": feature_set,
                 "file": f"{modality}_feat.npy",
                 "dim": int(matrix.shape[1]),
                 "items_without_input": int((~has_input).sum()),
             }
         write_json(tmp / "export_stats.json", stats)
     log.info(
-        "%s: exported %d users, %d items, %d interactions (train/valid/test %d/%d/%d), features %s%s to %s in %.1f s",
+        "%s: exported %d users, %d items, %d interactions (train/valid/test %d/%d/%d), features %s to %s in %.1f s",
         dataset, n_users, n_items, len(frame), *split_counts.values(),
-        {m: f["dim"] for m, f in stats["features"].items()},
-        f", skipped {sorted(stats['skipped_modalities'])}" if stats["skipped_modalities"] else "",
-        ds_dir / "export", time.perf_counter() - start,
+        {m: f["dim"] for m, f in stats["features"].items()}, out_dir, time.perf_counter() - start,
     )  # fmt: skip
     return stats
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dataset_stage_main(__doc__, run, argv)
+    return run_stage(__doc__, run, ("dataset", "feature_set"), argv, param_keys=param_keys)
 
 
 if __name__ == "__main__":

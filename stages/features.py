@@ -1,15 +1,23 @@
-"""Stage `features`: encode every item's text or image into `features/<encoder>.parquet`, with an LMDB cache.
+"""Stage `features`: encode every item's text or image into `features/<set>/<modality>.parquet`, with a cache.
 
-The cache (`features/<encoder>.lmdb`, `persist: true` in dvc.yaml) maps
-sha256(encoder fingerprint, input content) -> float32 vector. A re-run after a k-core, split or
-item-set change encodes only inputs it has not seen; a different model, weights or max tokens
-changes the fingerprint and so re-encodes. Items without input (no text, no image) get the fill
-chosen by `features.fill` (mean of the encoded items, or zeros) and `has_input = false`.
+One stage per (dataset, feature set, modality); its encoder is the `features.<set>.<modality>` block
+(see `stages/encoders/kinds.py`). A feature set (`pipeline.feature_sets`) is one choice of encoder per
+modality (`pipeline.modalities`: one, two or more): the models and graphs read the folder
+`features/<set>/`, so DVC re-runs exactly what depends on the encoders that changed.
 
-Encoders of kind `precomputed` encode nothing: they take the features a source ships with its raw
-files (MMRec/LATTICE `image_feat.npy` / `text_feat.npy`, the Amazon 2014 `image_features_<Cat>.b`),
-named by their role in `raw/<ds>/MANIFEST.json`, so published processed datasets enter the pipeline
-with their own features.
+The cache (`feature_cache/<set>-<modality>.lmdb`, `persist: true` in dvc.yaml) maps
+sha256(encoder fingerprint, input content) -> float32 vector. A re-run after a k-core, split or item
+change encodes only inputs it has not seen; a different model, weights, dtype or max tokens changes the
+fingerprint and so re-encodes. While encoding, vectors are committed to a journal beside the cache every
+`COMMIT_ITEMS` items or `COMMIT_SECONDS` seconds, so a stage killed after hours resumes where its last
+commit stopped; at the end the journal is merged into the cache (bytes depend only on the content, so
+an interrupted and an uninterrupted run give identical outputs). Items without input (no text, no
+image) get the fill chosen by `features.fill` (mean of the encoded items, or zeros) and
+`has_input = false`. Hits and misses are counted in items in `feature_stats/<set>-<modality>.json`.
+
+Kind `precomputed` encodes nothing: it takes the features a source ships (MMRec/LATTICE
+`image_feat.npy` / `text_feat.npy`, the Amazon 2014 CNN features), which ingest wrote to
+`shipped/<role>.parquet`, and applies the same fill.
 """
 
 from __future__ import annotations
@@ -19,21 +27,56 @@ import json
 import os
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
-import pyarrow as pa
 from tqdm import tqdm
 
-from stages.common import lmdb_store
-from stages.common.encoders import ENCODERS, ModelUnavailable
-from stages.common.io import read_json, read_parquet, write_json, write_parquet
-from stages.common.log import get_logger, progress_disabled
-from stages.common.params import ParamsError, get, load_params, stage_args
-from stages.common.threads import use_threads
+from mmpipe import lmdb_store
+from mmpipe.config import Config, ParamsError, param
+from mmpipe.io import read_parquet, write_json
+from mmpipe.log import get_logger, progress_disabled
+from mmpipe.paths import PROCESSED, DatasetDir
+from mmpipe.schemas import ITEM_FIELDS, read_features, write_features
+from mmpipe.threads import use_threads
+from stages.common.params import declared, run_stage
+from stages.encoders.kinds import ENCODERS, EncoderConfig
 
 log = get_logger("features")
+
+COMMIT_ITEMS = 2048  # encoded vectors per journal commit ...
+COMMIT_SECONDS = 60.0  # ... or after this long, whichever comes first
+
+
+def param_keys(dataset: str, feature_set: str, modality: str) -> list[str]:
+    return [f"features.{feature_set}.{modality}", "features.fill", "features.allow_download"]
+
+
+@dataclass(frozen=True)
+class FeaturesOptions(Config):
+    """The keys of `features` every feature stage reads beside its encoder block."""
+
+    fill: Literal["mean", "zero"] = param("mean", doc="vector of items without input")
+    allow_download: bool = param(False, doc="let transformers fetch models from the hub")
+
+
+def read_config(params: dict[str, Any], feature_set: str, modality: str) -> tuple[EncoderConfig, FeaturesOptions]:
+    features = declared(params, param_keys("", feature_set, modality)).get("features", {})
+    where = f"features.{feature_set}.{modality}"
+    block = (features.get(feature_set) or {}).get(modality)
+    if block is None:
+        raise ParamsError(
+            f"params.yaml: key '{where}' is missing (the encoder of modality '{modality}' in feature set "
+            f"'{feature_set}')"
+        )
+    encoder = EncoderConfig.parse(block, where)
+    if encoder.kind != "precomputed" and encoder.modality != modality:
+        raise ParamsError(f"params.yaml: {where}: kind {encoder.kind!r} encodes {encoder.modality}, not {modality}")
+    known = FeaturesOptions.keys()
+    options = FeaturesOptions.parse({k: v for k, v in features.items() if k in known}, "features")
+    return encoder, options
 
 
 def render_text(row: dict[str, Any], template: str) -> str:
@@ -45,7 +88,7 @@ def render_text(row: dict[str, Any], template: str) -> str:
         text = template.format_map(values)
     except KeyError as exc:
         raise ParamsError(
-            f"params.yaml: features.text_template uses field {exc} that items.parquet does not have "
+            f"params.yaml: the text template uses field {exc} that items.parquet does not have "
             f"(fields: {sorted(values)})"
         ) from None
     return " ".join(text.split())
@@ -66,16 +109,15 @@ class ItemInputs:
     bytes of the ones to encode are read again chunk by chunk.
     """
 
-    def __init__(self, modality: str, dataset_dir: Path, template: str, fp: str) -> None:
-        items = read_parquet(dataset_dir / "items.parquet").to_pylist()
+    def __init__(self, modality: str, ds: DatasetDir, template: str, fp: str) -> None:
+        items = read_parquet(ds.items).to_pylist()
         self.modality = modality
-        self.images = dataset_dir / "images.lmdb"
+        self.images = ds.images
         self.texts: list[str | None] = []
         self.item_ids = [row["item_id"] for row in items]
         self.keys: list[bytes | None] = []
         if modality == "text":
-            fields = [c for c in items[0] if c not in ("item_idx", "item_id")] if items else []
-            self.texts = [render_text({k: row[k] for k in fields}, template) or None for row in items]
+            self.texts = [render_text({k: row.get(k) for k in ITEM_FIELDS}, template) or None for row in items]
             self.keys = [cache_key(fp, t.encode("utf-8")) if t else None for t in self.texts]
         else:
             with lmdb_store.reading(self.images) as txn:
@@ -94,7 +136,8 @@ class ItemInputs:
         return len(self.texts[i]) if self.modality == "text" else 0
 
 
-def read_cached(cache_path: Path, keys: set[bytes]) -> dict[bytes, np.ndarray]:
+def read_cached(cache_path: Path, journal: lmdb_store.Journal, keys: set[bytes]) -> dict[bytes, np.ndarray]:
+    """Vectors of `keys` found in the cache or in the journal an interrupted run left."""
     found: dict[bytes, np.ndarray] = {}
     if cache_path.is_file():
         with lmdb_store.reading(cache_path) as txn:
@@ -102,86 +145,10 @@ def read_cached(cache_path: Path, keys: set[bytes]) -> dict[bytes, np.ndarray]:
                 value = txn.get(key)
                 if value is not None:
                     found[key] = np.frombuffer(value, dtype="<f4")
+    for key, value in journal.items():
+        if key in keys and key not in found:
+            found[key] = np.frombuffer(value, dtype="<f4")
     return found
-
-
-AMAZON_CNN_DIM = 4096  # image_features_<Cat>.b: records of a 10-byte ASIN + 4096 little-endian float32
-
-
-def read_amazon_image_features(path: Path, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
-    """Stream the 2014 release's CNN features file, keeping the rows of our items (it covers far more)."""
-    index = {item_id: i for i, item_id in enumerate(item_ids)}
-    matrix = np.zeros((len(item_ids), AMAZON_CNN_DIM), dtype=np.float32)
-    found = np.zeros(len(item_ids), dtype=bool)
-    record = 10 + 4 * AMAZON_CNN_DIM
-    size = path.stat().st_size
-    if size % record:
-        raise ValueError(f"{path}: {size} bytes is not a whole number of {record}-byte records (truncated download?)")
-    with path.open("rb") as fh:
-        for n in range(size // record):
-            data = fh.read(record)
-            asin = data[:10].decode("ascii", errors="replace").strip()
-            i = index.get(asin)
-            if i is not None and not found[i]:
-                matrix[i] = np.frombuffer(data, dtype="<f4", offset=10)
-                found[i] = True
-            if n % 100_000 == 0 and n:
-                log.info("%s: %d records read", path.name, n)
-    return matrix, found
-
-
-def run_precomputed(
-    dataset: str, encoder: str, cfg: dict[str, Any], fill: str, raw_root: Path, out_root: Path
-) -> dict[str, Any]:
-    """Features a source ships: rows aligned to item_idx (npy) or keyed by ASIN (the 2014 .b file)."""
-    from stages.sources import presplit
-
-    start = time.perf_counter()
-    role = cfg.get("role")
-    if not role:
-        raise ParamsError(f"params.yaml: features.{encoder}.role (the manifest role of the features file) is missing")
-    raw_dir = raw_root / dataset
-    manifest = read_json(raw_dir / "MANIFEST.json")
-    entry = next((e for e in manifest.get("files", []) if e.get("role") == role), None)
-    if entry is None:
-        raise ValueError(
-            f"{raw_dir / 'MANIFEST.json'}: no file with role '{role}' for precomputed encoder '{encoder}' "
-            f"(dataset '{dataset}' does not ship these features; pick another encoder in pipeline.*_encoders)"
-        )
-    dataset_dir = out_root / dataset
-    item_ids = read_parquet(dataset_dir / "items.parquet", columns=["item_id"])["item_id"].to_pylist()
-    if entry.get("format") == "amazon2014-image-features":
-        matrix, has_input = read_amazon_image_features(raw_dir / entry["path"], item_ids)
-    else:
-        # Checked there: a 2-D finite array with one row per item (row i = item i).
-        matrix = presplit.precomputed_features(manifest, raw_dir, role.removesuffix("_feat"), n_items=len(item_ids))
-        has_input = np.abs(matrix).sum(axis=1) > 0  # all-zero rows: the source had no input for the item
-    if not has_input.any():
-        raise ValueError(f"{raw_dir / entry['path']}: none of the {len(item_ids)} items has a feature row")
-    fill_missing(matrix, has_input, fill)
-    write_features_table(dataset_dir / "features" / f"{encoder}.parquet", matrix, has_input)
-    cache_path = dataset_dir / "features" / f"{encoder}.lmdb"
-    if not cache_path.exists():  # the stage's declared cache output; nothing is encoded, so it stays empty
-        lmdb_store.write_store(cache_path, iter(()))
-    stats = {
-        "encoder": encoder,
-        "kind": "precomputed",
-        "source_file": entry["path"],
-        "sha256": entry.get("sha256"),
-        "dim": int(matrix.shape[1]),
-        "items": len(item_ids),
-        "with_input": int(has_input.sum()),
-        "without_input": int((~has_input).sum()),
-        "fill": fill,
-        "encoded": 0,
-        "seconds": round(time.perf_counter() - start, 2),
-    }
-    write_json(dataset_dir / "features" / f"{encoder}.json", stats)
-    log.info(
-        "%s/%s: %d items from %s (%d without a row, filled with %s), dim %d",
-        dataset, encoder, len(item_ids), entry["path"], stats["without_input"], fill, stats["dim"],
-    )  # fmt: skip
-    return stats
 
 
 def fill_missing(matrix: np.ndarray, has_input: np.ndarray, fill: str) -> None:
@@ -189,113 +156,149 @@ def fill_missing(matrix: np.ndarray, has_input: np.ndarray, fill: str) -> None:
     matrix[~has_input] = matrix[has_input].mean(axis=0) if fill == "mean" else 0.0
 
 
-def write_features_table(path: Path, matrix: np.ndarray, has_input: np.ndarray) -> None:
-    dim = int(matrix.shape[1])
-    table = pa.table(
-        {
-            "item_idx": pa.array(np.arange(len(has_input), dtype=np.int32)),
-            "embedding": pa.FixedSizeListArray.from_arrays(pa.array(matrix.reshape(-1)), dim),
-            "has_input": pa.array(has_input),
-        }
-    )
-    write_parquet(path, table)
-
-
-def run(
-    dataset: str,
-    encoder: str,
-    params: dict[str, Any],
-    out_root: Path = Path("processed"),
-    raw_root: Path = Path("raw"),
+def run_precomputed(
+    ds: DatasetDir, feature_set: str, modality: str, encoder: EncoderConfig, options: FeaturesOptions
 ) -> dict[str, Any]:
+    """Features a source ships, as ingest wrote them (`shipped/<role>.parquet`), with the fill applied."""
     start = time.perf_counter()
-    cfg = get(params, f"features.{encoder}")
-    kind = cfg.get("kind", encoder)
-    fill = get(params, "features.fill")
-    if fill not in ("mean", "zero"):
-        raise ParamsError(f"params.yaml: features.fill must be 'mean' or 'zero', got {fill!r}")
-    if kind == "precomputed":
-        return run_precomputed(dataset, encoder, cfg, fill, raw_root, out_root)
-    if kind not in ENCODERS:
-        raise ParamsError(
-            f"params.yaml: features.{encoder}.kind = {kind!r}; known kinds: {sorted(ENCODERS)} and precomputed"
+    role = str(encoder.role)
+    path = ds.shipped / f"{role}.parquet"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in ds.shipped.glob("*.parquet")) if ds.shipped.is_dir() else []
+        raise ValueError(
+            f"{path}: dataset '{ds.name}' ships no features with role '{role}' (it ships: {shipped or 'none'}); "
+            f"choose another encoder for features.{feature_set}.{modality}"
         )
-    use_threads(get(params, "features.num_threads", 0))
+    matrix, has_input = read_features(path)
+    if not has_input.any():
+        raise ValueError(f"{path}: none of the {len(has_input)} items has a feature row")
+    fill_missing(matrix, has_input, options.fill)
+    write_features(ds.features(feature_set, modality), matrix, has_input)
+    cache_path = ds.feature_cache(feature_set, modality)
+    if not cache_path.exists():  # the stage's declared cache output; nothing is encoded, so it stays empty
+        lmdb_store.write_store(cache_path, iter(()))
+    stats = {
+        "feature_set": feature_set,
+        "modality": modality,
+        "kind": "precomputed",
+        "source_file": str(path),
+        "dim": int(matrix.shape[1]),
+        "items": len(has_input),
+        "with_input": int(has_input.sum()),
+        "without_input": int((~has_input).sum()),
+        "fill": options.fill,
+        "cache_hits": 0,
+        "encoded": 0,
+        "seconds": round(time.perf_counter() - start, 2),
+    }
+    write_json(ds.feature_stats(feature_set, modality), stats)
+    log.info(
+        "%s/%s/%s: %d items from %s (%d without a row, filled with %s), dim %d",
+        ds.name, feature_set, modality, len(has_input), path.name, stats["without_input"], options.fill, stats["dim"],
+    )  # fmt: skip
+    return stats
 
-    dataset_dir = out_root / dataset
-    model = ENCODERS[kind](encoder, cfg, bool(get(params, "features.allow_download", False)))
-    fp = fingerprint(model.fingerprint_parts)
-    inputs = ItemInputs(model.modality, dataset_dir, str(get(params, "features.text_template")), fp)
-    cache_path = dataset_dir / "features" / f"{encoder}.lmdb"
-    vectors = read_cached(cache_path, {k for k in inputs.keys if k is not None})
-    hits = sum(1 for k in inputs.keys if k is not None and k in vectors)
 
-    # One item per distinct missing key (identical inputs are encoded once), in batching order.
-    todo: dict[bytes, int] = {}
-    for i, key in enumerate(inputs.keys):
-        if key is not None and key not in vectors and key not in todo:
-            todo[key] = i
+def encode_missing(
+    model: Any, inputs: ItemInputs, todo: dict[bytes, int], journal: lmdb_store.Journal, label: str
+) -> dict[bytes, np.ndarray]:
+    """Encode one item per missing key, in batching order, committing to the journal as it goes."""
     order = sorted(todo, key=lambda k: (inputs.size(todo[k]), todo[k]))
-    encode_start = time.perf_counter()
-    chunk = max(256, model.batch_size * 8)
-    with tqdm(total=len(order), desc=f"features {encoder}", disable=progress_disabled()) as bar:
+    out: dict[bytes, np.ndarray] = {}
+    chunk = min(COMMIT_ITEMS, max(256, model.batch_size * 8))  # inputs fetched (images read) at a time
+    pending: list[bytes] = []
+    last_commit = time.perf_counter()
+    with tqdm(total=len(order), desc=f"features {label}", disable=progress_disabled()) as bar:
         for s in range(0, len(order), chunk):
             keys = order[s : s + chunk]
             emb = model.encode(inputs.fetch([todo[k] for k in keys]), progress=bar.update)
             for k, v in zip(keys, emb, strict=True):
-                vectors[k] = np.ascontiguousarray(v, dtype="<f4")
+                out[k] = np.ascontiguousarray(v, dtype="<f4")
+            pending += keys
+            if len(pending) >= COMMIT_ITEMS or time.perf_counter() - last_commit >= COMMIT_SECONDS:
+                journal.add((k, out[k].tobytes()) for k in pending)
+                pending, last_commit = [], time.perf_counter()
+    if pending:
+        journal.add((k, out[k].tobytes()) for k in pending)
+    return out
+
+
+def run(
+    dataset: str, feature_set: str, modality: str, params: dict[str, Any], processed: Path = PROCESSED
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    encoder, options = read_config(params, feature_set, modality)
+    ds = DatasetDir.of(dataset, processed)
+    if encoder.kind == "precomputed":
+        return run_precomputed(ds, feature_set, modality, encoder, options)
+    if not options.allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub when transformers is imported
+    use_threads(None)
+    label = f"{dataset}/{feature_set}/{modality}"
+    name = f"features.{feature_set}.{modality}"
+    model = ENCODERS[encoder.kind](name, encoder, options.allow_download)
+    fp = fingerprint(model.fingerprint_parts)
+    inputs = ItemInputs(model.modality, ds, encoder.template, fp)
+    cache_path = ds.feature_cache(feature_set, modality)
+    journal = lmdb_store.Journal(cache_path.with_name(cache_path.name + ".journal"))
+    wanted = {k for k in inputs.keys if k is not None}
+    vectors = read_cached(cache_path, journal, wanted)
+    resumed = len(journal)
+
+    todo: dict[bytes, int] = {}  # one item per distinct missing key: identical inputs are encoded once
+    for i, key in enumerate(inputs.keys):
+        if key is not None and key not in vectors and key not in todo:
+            todo[key] = i
+    encode_start = time.perf_counter()
+    vectors.update(encode_missing(model, inputs, todo, journal, label))
     encode_seconds = time.perf_counter() - encode_start
-    if order:
-        lmdb_store.write_store(cache_path, ((k, vectors[k].tobytes()) for k in order), base=cache_path)
+    journal_entries = journal.items()
+    if journal_entries or not cache_path.exists():
+        lmdb_store.write_store(cache_path, journal_entries, base=cache_path)
+    journal.remove()
 
     has_input = np.array([k is not None for k in inputs.keys])
     if not has_input.any():
-        raise ValueError(f"{dataset_dir}: no item has {model.modality} input; cannot build {encoder} features")
+        raise ValueError(f"{ds.items}: no item has {model.modality} input; cannot build {name}")
     present = np.stack([vectors[k] for k in inputs.keys if k is not None])
     matrix = np.zeros((len(has_input), present.shape[1]), dtype=np.float32)
     matrix[has_input] = present
-    fill_missing(matrix, has_input, fill)
-    dim = int(present.shape[1])
-    write_features_table(dataset_dir / "features" / f"{encoder}.parquet", matrix, has_input)
+    fill_missing(matrix, has_input, options.fill)
+    write_features(ds.features(feature_set, modality), matrix, has_input)
+    missing_keys = set(todo)
+    encoded_items = sum(1 for k in inputs.keys if k is not None and k in missing_keys)
     stats = {
-        "encoder": encoder,
-        "kind": kind,
-        "model": str(cfg["model"]),
+        "feature_set": feature_set,
+        "modality": modality,
+        "kind": encoder.kind,
+        "model": str(encoder.model),
         "fingerprint": fp,
-        "dim": dim,
+        "dim": int(present.shape[1]),
         "items": len(has_input),
         "with_input": int(has_input.sum()),
         "without_input": int((~has_input).sum()),
-        "fill": fill,
-        "cache_hits": hits,
-        "encoded": len(order),
-        "cache_entries": lmdb_store.count(cache_path) if cache_path.is_file() else 0,
-        "encode_items_per_s": round(len(order) / encode_seconds, 1) if order else None,
+        "fill": options.fill,
+        "cache_hits": int(has_input.sum()) - encoded_items,  # items whose vector came from the cache
+        "encoded": encoded_items,  # items whose vector was computed in this run
+        "distinct_inputs_encoded": len(todo),
+        "resumed_from_journal": resumed,
+        "cache_entries": lmdb_store.count(cache_path),
+        "encode_items_per_s": round(len(todo) / encode_seconds, 1) if todo else None,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    write_json(dataset_dir / "features" / f"{encoder}.json", stats)
+    write_json(ds.feature_stats(feature_set, modality), stats)
+    rate = f"{stats['encode_items_per_s']} items/s" if todo else "nothing to encode"
     log.info(
-        "%s/%s: %d items (%d without input, filled with %s); cache: %d hits, %d misses encoded (%s items/s); "
-        "dim %d, %.1f s",
-        dataset, encoder, stats["items"], stats["without_input"], fill, hits, len(order),
-        stats["encode_items_per_s"], dim, stats["seconds"],
+        "%s: %d items (%d without input, filled with %s); cache: %d items hit, %d encoded (%s%s); dim %d, %.1f s",
+        label, stats["items"], stats["without_input"], options.fill, stats["cache_hits"], encoded_items, rate,
+        f", {resumed} resumed from an interrupted run" if resumed else "", stats["dim"], stats["seconds"],
     )  # fmt: skip
     return stats
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = stage_args(__doc__.splitlines()[0], extra=[("--encoder", {"required": True})])
-    args = parser.parse_args(argv)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    params = load_params(args.params)
-    if not get(params, "features.allow_download", False):
-        os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
-        run(args.dataset, args.encoder, params)
-    except ModelUnavailable as exc:
-        log.error("%s", exc)
-        return 2
-    return 0
+    return run_stage(__doc__, run, ("dataset", "feature_set", "modality"), argv, param_keys=param_keys)
 
 
 if __name__ == "__main__":

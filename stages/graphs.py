@@ -1,8 +1,10 @@
-"""Stage `graphs`: the item and user graphs the models read, as sparse CSR `.npz` files.
+"""Stage `graphs`: the item and user graphs the models read, as sparse CSR `.npz` files, per feature set.
 
 Every graph keeps, per row, the top K entries sorted by value (ties: smaller index first); a model that
-wants fewer neighbours keeps the first k <= K of each row (`models/graph.py`), and normalises the values
+wants fewer neighbours keeps the first k <= K of each row (`models/core/graph.py`), and normalises the values
 as its paper does. So one stage serves every model, and no model builds a graph.
+
+Everything is written under `processed/<ds>/graphs/<set>/` for the feature set `<set>`:
 
 * `knn/<modality>.npz`: item-item, the `graphs.item_knn_k` most cosine-similar items of each item
   (values = cosine; the item itself included when `knn_include_self`, as LATTICE/FREEDOM/MICRO do).
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,15 +31,33 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
-from stages.common.io import read_features, read_parquet, write_csr, write_json
-from stages.common.log import get_logger, progress_disabled
-from stages.common.params import ParamsError, dataset_stage_main, get
-from stages.common.sparse import topk_per_row
-from stages.common.threads import use_threads
+from mmpipe.config import Config, param
+from mmpipe.io import read_parquet, write_csr, write_json
+from mmpipe.log import get_logger, progress_disabled
+from mmpipe.paths import PROCESSED, SETTING_FILES, DatasetDir
+from mmpipe.schemas import read_features
+from mmpipe.sparse import topk_per_row
+from mmpipe.threads import use_threads
+from stages.common import pipeline
+from stages.common.params import declared, run_stage
 
 log = get_logger("graphs")
 
-SETTING_FILES = {"warm": "interactions.parquet", "cold": "coldstart.parquet"}
+
+def param_keys(dataset: str, feature_set: str) -> list[str]:
+    return ["graphs", "pipeline.modalities"]
+
+
+@dataclass(frozen=True)
+class GraphsConfig(Config):
+    """`graphs`: how many neighbours each stored graph keeps (models keep their own top k <= these)."""
+
+    item_knn_k: int = param(10, ge=1, doc="item-item cosine kNN per modality")
+    knn_include_self: bool = param(True, doc="keep each node among its own neighbours")
+    user_knn_k: int = param(50, ge=1, doc="user-user cosine kNN of interest vectors")
+    user_co_k: int = param(50, ge=1, doc="user-user co-occurrence")
+    item_co_k: int = param(10, ge=1, doc="item-item co-occurrence")
+    block_mb: float = param(64, gt=0, doc="similarity scores per block")
 
 
 def rows_per_block(n_cols: int, block_mb: float) -> int:
@@ -107,49 +128,46 @@ def user_interests(train: sp.csr_matrix, features: np.ndarray) -> np.ndarray:
     return (sp.diags(inverse) @ train @ features).astype(np.float32)
 
 
-def run(dataset: str, params: dict[str, Any], out_root: Path = Path("processed")) -> dict[str, Any]:
+def run(dataset: str, feature_set: str, params: dict[str, Any], processed: Path = PROCESSED) -> dict[str, Any]:
     start = time.perf_counter()
-    cfg = get(params, "graphs")
-    modalities: dict[str, str] = get(params, "features.modalities")
-    if not modalities:
-        raise ParamsError("params.yaml: features.modalities is empty; name at least one encoder per modality")
-    use_threads(get(params, "features.num_threads", 0))
-    dataset_dir = out_root / dataset
-    n_users = len(read_parquet(dataset_dir / "users.parquet", columns=["user_idx"]))
-    n_items = len(read_parquet(dataset_dir / "items.parquet", columns=["item_idx"]))
-    out_dir = dataset_dir / "graphs"
-    block_mb, include_self = float(cfg["block_mb"]), bool(cfg["knn_include_self"])
-    stats: dict[str, Any] = {"knn": {}, "warm": {}, "cold": {}}
+    params = declared(params, param_keys(dataset, feature_set))
+    cfg = GraphsConfig.parse(params.get("graphs"), "graphs")
+    modalities = pipeline.modalities(params)
+    use_threads(None)
+    ds = DatasetDir.of(dataset, processed)
+    n_users = len(read_parquet(ds.users, columns=["user_idx"]))
+    n_items = len(read_parquet(ds.items, columns=["item_idx"]))
+    stats: dict[str, Any] = {"feature_set": feature_set, "knn": {}, "warm": {}, "cold": {}}
 
     features: dict[str, np.ndarray] = {}
-    for modality, encoder in sorted(modalities.items()):
-        path = dataset_dir / "features" / f"{encoder}.parquet"
+    for modality in sorted(modalities):
+        path = ds.features(feature_set, modality)
         features[modality], _ = read_features(path)
         if features[modality].shape[0] != n_items:
             raise ValueError(f"{path}: {features[modality].shape[0]} rows, but items.parquet has {n_items} items")
-        graph = knn_graph(features[modality], int(cfg["item_knn_k"]), include_self, block_mb)
-        write_csr(out_dir / "knn" / f"{modality}.npz", graph)
-        stats["knn"][modality] = {"encoder": encoder, "k": int(cfg["item_knn_k"]), "nnz": int(graph.nnz)}
+        graph = knn_graph(features[modality], cfg.item_knn_k, cfg.knn_include_self, cfg.block_mb)
+        write_csr(ds.knn_graph(feature_set, modality), graph)
+        stats["knn"][modality] = {"k": cfg.item_knn_k, "nnz": int(graph.nnz)}
 
-    for setting, filename in SETTING_FILES.items():
-        train = train_matrix(dataset_dir / filename, n_users, n_items)
-        user_co = cooccurrence(train, int(cfg["user_co_k"]), block_mb)
-        item_co = cooccurrence(train.T.tocsr(), int(cfg["item_co_k"]), block_mb)
-        write_csr(out_dir / setting / "user_co.npz", user_co)
-        write_csr(out_dir / setting / "item_co.npz", item_co)
+    for setting in SETTING_FILES:
+        train = train_matrix(ds.split(setting), n_users, n_items)
+        user_co = cooccurrence(train, cfg.user_co_k, cfg.block_mb)
+        item_co = cooccurrence(train.T.tocsr(), cfg.item_co_k, cfg.block_mb)
+        write_csr(ds.setting_graph(feature_set, setting, "user_co"), user_co)
+        write_csr(ds.setting_graph(feature_set, setting, "item_co"), item_co)
         stats[setting] = {"user_co_nnz": int(user_co.nnz), "item_co_nnz": int(item_co.nnz)}
         for modality, feats in features.items():
-            user_knn = knn_graph(user_interests(train, feats), int(cfg["user_knn_k"]), include_self, block_mb)
-            write_csr(out_dir / setting / f"user_knn_{modality}.npz", user_knn)
+            user_knn = knn_graph(user_interests(train, feats), cfg.user_knn_k, cfg.knn_include_self, cfg.block_mb)
+            write_csr(ds.setting_graph(feature_set, setting, f"user_knn_{modality}"), user_knn)
             stats[setting][f"user_knn_{modality}_nnz"] = int(user_knn.nnz)
 
-    write_json(out_dir / "stats.json", stats)
-    log.info("%s: graphs %s in %.1f s", dataset, stats, time.perf_counter() - start)
+    write_json(ds.graphs(feature_set) / "stats.json", stats)
+    log.info("%s/%s: graphs %s in %.1f s", dataset, feature_set, stats, time.perf_counter() - start)
     return stats
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dataset_stage_main(__doc__, run, argv)
+    return run_stage(__doc__, run, ("dataset", "feature_set"), argv, param_keys=param_keys)
 
 
 if __name__ == "__main__":

@@ -3,28 +3,27 @@
 Inputs come from `raw/<ds>/MANIFEST.json`: every file with role `reviews` (or `interactions`) and every
 file with role `meta` (or `items`), read in manifest order, each by the reader its `format` names in
 `stages.sources.formats` (REVIEW_READERS / META_READERS; a manifest without formats means the Amazon
-2014 ones). Pre-split sources (`source: mmrec` / `lattice`) are handed to `stages.sources.presplit`
-and keep their published split: no k-core, no re-splitting.
+2014 ones). Pre-split sources (`source: mmrec` / `lattice`) are read by `stages.sources.presplit` and
+keep their published split: no k-core, no re-splitting.
 
-Steps, each counted in `ingest_stats.json` (a DVC metrics file):
-1. parse reviews and meta (JSON or Python-literal lines, gzip or plain); malformed lines are skipped and
-   counted with their line numbers and reasons;
-2. duplicates: reviews equal in (user, item, rating, timestamp) count once ("exact_lines"); of the
-   reviews left, a (user, item) pair given several times keeps its earliest review (smallest timestamp,
-   then smallest rating) ("repeated_pairs_kept_earliest");
-3. `kcore.rating_min` (default null: keep all): keep reviews rated >= it, as implicit feedback
-   (after step 2, as RecBole orders them: the earliest review of a pair decides);
-4. iterative k-core on users and items until no user/item is below `kcore.user_min` / `kcore.item_min`;
-5. deterministic reindexing: users and items sorted by their source ids; rows by user, time, item;
-6. split per `split.method`:
-   * `user_time` (default): per-user chronological split with MMRec's rule (see `split_user_time`);
-   * `random`: the same per-user counts, the user's interactions in a random order (`split.seed`, 0);
-   * `global_time`: one global timestamp cut: train = before t1, valid = [t1, t2), test = from t2,
-     t1/t2 the timestamps at the `split.ratios` quantiles of all interactions (ties stay together,
-     on the later side); then valid/test rows whose user or item has no train row are removed and
-     counted, and users/items left without rows are dropped (indices stay contiguous);
-   * `leave_one_out`: per user, the latest interaction is test, the one before valid, the rest train;
-     users with fewer than 3 interactions keep all in train.
+The stage is a chain of named steps (`read_rows`, then `STEPS` in order, then the items), each
+counted in `ingest_stats.json`:
+1. `read_rows`: parse reviews (JSON or Python-literal lines, gzip or plain); malformed lines are
+   skipped and counted with their line numbers and reasons;
+2. `deduplicate`: reviews equal in (user, item, rating, timestamp) count once ("exact_lines"); of the
+   reviews left, a (user, item) pair given several times keeps its earliest review (smallest
+   timestamp, then smallest rating) ("repeated_pairs_kept_earliest");
+3. `rating_filter`: `kcore.rating_min` (default null: keep all) keeps reviews rated >= it, as implicit
+   feedback (after step 2, as RecBole orders them: the earliest review of a pair decides);
+4. `k_core`: iterative k-core until no user/item is below `kcore.user_min` / `kcore.item_min`;
+5. `reindex`: users and items numbered in the sorted order of their source ids; rows by user, time, item;
+6. `split`: `split.method`, one of `stages.sources.splits.SPLITS`; for `global_time`, valid/test rows
+   whose user or item has no train row are removed and counted (`drop_unseen_in_eval`);
+7. items (`read_all_meta`, `item_table`): the meta records of the kept items (read only for those items);
+8. `shipped_features`: features the source ships (MMRec/LATTICE `.npy`, the Amazon 2014 CNN file), as
+   `shipped/<role>.parquet` rows aligned with item_idx (the raw formats stay in this stage; the
+   features stage reads only these);
+9. `write_outputs`: every table is written to a temporary file first, then all are renamed.
 
 All steps after parsing work on integer codes (numpy), never on Python strings per row.
 """
@@ -33,10 +32,14 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
+import shutil
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -45,21 +48,69 @@ import pandas as pd
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from stages.common import schemas
-from stages.common.io import read_json, write_json, write_parquet
-from stages.common.log import get_logger
-from stages.common.params import ParamsError, dataset_stage_main, get
-from stages.sources import formats
-from stages.sources.formats import parse_record  # noqa: F401  (part of this module's API)
+from mmpipe import schemas
+from mmpipe.config import Config, ParamsError, param
+from mmpipe.io import atomic_dir, read_json, write_json, write_parquet
+from mmpipe.log import get_logger
+from mmpipe.paths import MANIFEST, PROCESSED, RAW, DatasetDir
+from mmpipe.schemas import ITEM_FIELDS, write_features
+from stages.common.params import declared, run_stage
+from stages.sources import formats, presplit, records
 from stages.sources.malformed import Malformed
+from stages.sources.splits import SPLITS, cold_in_eval
 
 log = get_logger("ingest")
 
 REVIEW_ROLES = ("reviews", "interactions")
 META_ROLES = ("meta", "items")
-PRESPLIT_SOURCES = ("mmrec", "lattice")
-SPLIT_METHODS = ("user_time", "random", "global_time", "leave_one_out")
-ITEM_FIELDS = ("title", "description", "brand", "categories", "image_url")
+SHIPPED_INDEX = "index.json"  # shipped/index.json: role -> items with features, dim
+AMAZON_CNN_DIM = 4096  # image_features_<Cat>.b: records of a 10-byte ASIN + 4096 little-endian float32
+
+
+def param_keys(dataset: str) -> list[str]:
+    return ["kcore", "split"]
+
+
+@dataclass(frozen=True)
+class KCoreConfig(Config):
+    user_min: int = param(5, ge=1, doc="users with fewer interactions are removed, repeatedly")
+    item_min: int = param(5, ge=1, doc="items with fewer interactions are removed, repeatedly")
+    rating_min: float | None = param(None, doc="keep reviews rated >= this (implicit feedback); null keeps all")
+
+
+@dataclass(frozen=True)
+class SplitConfig(Config):
+    method: str = param("user_time", doc="one of " + ", ".join(SPLITS))
+    ratios: tuple[float, ...] = param([0.8, 0.1, 0.1], doc="train/valid/test shares, summing to 1")
+    seed: int = param(0, doc="for method: random")
+
+    def check(self, where: str) -> None:
+        if self.method not in SPLITS:
+            raise ParamsError(
+                f"params.yaml: {where}.method = {self.method!r} is not supported (supported: {', '.join(SPLITS)})"
+            )
+        if len(self.ratios) != 3 or min(self.ratios) < 0:
+            raise ParamsError(
+                f"params.yaml: {where}.ratios = {list(self.ratios)}: expected three non-negative shares "
+                f"(train, valid, test)"
+            )
+        if abs(sum(self.ratios) - 1.0) > 1e-6:
+            raise ParamsError(
+                f"params.yaml: {where}.ratios = {list(self.ratios)} sum to {sum(self.ratios):g}; the shares must "
+                f"sum to 1 (e.g. [0.8, 0.1, 0.1])"
+            )
+
+
+@dataclass(frozen=True)
+class IngestConfig:
+    kcore: KCoreConfig
+    split: SplitConfig
+
+
+def read_config(params: dict[str, Any]) -> IngestConfig:
+    params = declared(params, param_keys(""))
+    kcore = KCoreConfig.parse(params.get("kcore"), "kcore")
+    return IngestConfig(kcore, SplitConfig.parse(params.get("split"), "split"))
 
 
 # ------------------------------------------------------------------------------------------------ inputs
@@ -140,7 +191,7 @@ def read_all_reviews(files: list[tuple[Path, str]]) -> tuple[dict[str, Any], lis
         reader = _reader(formats.REVIEW_READERS, fmt, path, "reviews")
         bad = Malformed(path.name)
         start = time.perf_counter()
-        cols = formats.as_review_columns(reader(path, bad))
+        cols = records.as_review_columns(reader(path, bad))
         if cols.user_id.null_count or cols.item_id.null_count:
             raise ValueError(f"{path}: the {fmt} reader returned rows without a user or item id")
         users.append(cols.user_id)
@@ -323,132 +374,84 @@ def row_order(user_idx: np.ndarray, timestamp: np.ndarray, item_idx: np.ndarray)
     return order
 
 
-# -------------------------------------------------------------------------------------------------- splits
+def rating_filter(rating: np.ndarray, keep: np.ndarray, rating_min: float | None) -> tuple[np.ndarray, int]:
+    """Rows of `keep` rated >= rating_min (all when None); (kept rows, how many were below)."""
+    if rating_min is None:
+        return keep, 0
+    liked = rating[keep] >= rating_min
+    return keep[liked], int((~liked).sum())
 
 
-def _groups(user_idx: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(start, size) of each user's rows; rows must be sorted by user."""
+def drop_unseen_in_eval(
+    user_idx: np.ndarray, item_idx: np.ndarray, split: np.ndarray, user_ids: pa.Array, item_ids: pa.Array
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, pa.Array, pa.Array, np.ndarray, dict[str, int]]:
+    """global_time: remove valid/test rows of users/items without a train row, then unused users/items."""
+    drop = cold_in_eval(user_idx, item_idx, split)
+    removed = {name: int((drop & (split == code)).sum()) for name, code in schemas.SPLIT_CODES.items() if code}
+    keep_rows = ~drop
+    user_idx, item_idx, split = user_idx[keep_rows], item_idx[keep_rows], split[keep_rows]
     if not len(user_idx):
-        return np.zeros(0, np.int64), np.zeros(0, np.int64)
-    starts = np.flatnonzero(np.r_[True, user_idx[1:] != user_idx[:-1]])
-    sizes = np.diff(np.r_[starts, len(user_idx)])
-    return starts, sizes
+        raise ValueError("the global_time split left no interactions")
+    used_u = np.bincount(user_idx, minlength=len(user_ids)) > 0
+    used_i = np.bincount(item_idx, minlength=len(item_ids)) > 0
+    removed.update(users_dropped=int((~used_u).sum()), items_dropped=int((~used_i).sum()))
+    user_idx = (np.cumsum(used_u) - 1)[user_idx].astype(np.int32)
+    item_idx = (np.cumsum(used_i) - 1)[item_idx].astype(np.int32)
+    user_ids, item_ids = user_ids.filter(pa.array(used_u)), item_ids.filter(pa.array(used_i))
+    return user_idx, item_idx, split, user_ids, item_ids, keep_rows, removed
 
 
-def _eval_counts(sizes: np.ndarray, ratios: list[float]) -> tuple[np.ndarray, np.ndarray]:
-    """MMRec's x_label rule per user: (evaluation rows, of which valid)."""
-    r_train, r_valid, r_test = ratios
-    share_eval = (r_valid + r_test) / (r_train + r_valid + r_test)
-    share_valid = r_valid / (r_valid + r_test) if r_valid + r_test > 0 else 0.0
-    if share_eval == 0:
-        zero = np.zeros(len(sizes), dtype=np.int64)
-        return zero, zero
-    n_eval = np.minimum(np.maximum(2, np.floor(sizes * share_eval + 1e-9).astype(np.int64)), sizes - 1)
-    n_eval = np.where(sizes < 2, 0, n_eval)
-    n_valid = np.floor(n_eval * share_valid + 1e-9).astype(np.int64)
-    return n_eval, n_valid
+def item_table(item_list: list[str], meta: dict[str, dict[str, Any]]) -> tuple[pa.Table, list[dict[str, Any]]]:
+    """items.parquet: one row per kept item, its meta fields (null where the meta has none)."""
+    empty = dict.fromkeys(ITEM_FIELDS)
+    records = [meta.get(asin, empty) for asin in item_list]
+    table = pa.table(
+        {
+            "item_idx": pa.array(np.arange(len(item_list), dtype=np.int32)),
+            "item_id": pa.array(item_list, pa.string()),
+            **{key: pa.array([r[key] for r in records], schemas.ITEMS.field(key).type) for key in ITEM_FIELDS},
+        },
+        schema=schemas.ITEMS,
+    )
+    return table, records
 
 
-def _labels_by_rank(rank: np.ndarray, size: np.ndarray, n_eval: np.ndarray, n_valid: np.ndarray) -> np.ndarray:
-    """Per row: train below size - n_eval, then n_valid valid rows, then test."""
-    n_train = size - n_eval
-    out = np.full(len(rank), schemas.SPLIT_CODES["test"], dtype=np.int8)
-    out[rank < n_train + n_valid] = schemas.SPLIT_CODES["valid"]
-    out[rank < n_train] = schemas.SPLIT_CODES["train"]
+# ------------------------------------------------------------------------------------- shipped features
+
+
+def read_amazon_image_features(path: Path, item_ids: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Stream the 2014 release's CNN features file, keeping the rows of our items (it covers far more)."""
+    index = {item_id: i for i, item_id in enumerate(item_ids)}
+    matrix = np.zeros((len(item_ids), AMAZON_CNN_DIM), dtype=np.float32)
+    found = np.zeros(len(item_ids), dtype=bool)
+    record = 10 + 4 * AMAZON_CNN_DIM
+    size = path.stat().st_size
+    if size % record:
+        raise ValueError(f"{path}: {size} bytes is not a whole number of {record}-byte records (truncated download?)")
+    with path.open("rb") as fh:
+        for n in range(size // record):
+            data = fh.read(record)
+            asin = data[:10].decode("ascii", errors="replace").strip()
+            i = index.get(asin)
+            if i is not None and not found[i]:
+                matrix[i] = np.frombuffer(data, dtype="<f4", offset=10)
+                found[i] = True
+            if n % 100_000 == 0 and n:
+                log.info("%s: %d records read", path.name, n)
+    return matrix, found
+
+
+def shipped_features(manifest: dict[str, Any], raw_dir: Path, item_ids: list[str]) -> dict[str, Any]:
+    """{role: (matrix, has_input)} of the features files the source ships, rows aligned with item_idx."""
+    out: dict[str, Any] = {}
+    for entry in manifest.get("files", []):
+        role, fmt = entry.get("role"), entry.get("format")
+        if fmt == "amazon2014-image-features":
+            out[role] = read_amazon_image_features(raw_dir / entry["path"], item_ids)
+        elif role in ("image_feat", "text_feat"):
+            matrix = presplit.precomputed_features(manifest, raw_dir, role.removesuffix("_feat"), n_items=len(item_ids))
+            out[role] = (matrix, np.abs(matrix).sum(axis=1) > 0)  # all-zero rows: the source had no input
     return out
-
-
-def split_user_time(user_idx: np.ndarray, ratios: list[float]) -> np.ndarray:
-    """Per-user chronological split; rows must be sorted by user, then time.
-
-    The rule is MMRec's x_label rule generalised to any ratios: a user with n interactions gets
-    n_eval = max(2, int(n * (valid + test))) evaluation items (at most n - 1, so train is never
-    empty), n_eval * valid / (valid + test) of them (floored) go to valid, the rest to test; the
-    latest interactions are the evaluation ones.
-    """
-    starts, sizes = _groups(user_idx)
-    n_eval, n_valid = _eval_counts(sizes, ratios)
-    rank = np.arange(len(user_idx)) - np.repeat(starts, sizes)
-    return _labels_by_rank(rank, *(np.repeat(x, sizes) for x in (sizes, n_eval, n_valid)))
-
-
-def split_random(user_idx: np.ndarray, ratios: list[float], seed: int) -> np.ndarray:
-    """The user_time split's per-user counts, each user's interactions in a seeded random order."""
-    starts, sizes = _groups(user_idx)
-    n_eval, n_valid = _eval_counts(sizes, ratios)
-    keys = np.random.default_rng(seed).random(len(user_idx))
-    order = np.lexsort((keys, user_idx))  # within each user, by the random key
-    rank = np.arange(len(user_idx)) - np.repeat(starts, sizes)
-    out = np.empty(len(user_idx), dtype=np.int8)
-    out[order] = _labels_by_rank(rank, *(np.repeat(x, sizes) for x in (sizes, n_eval, n_valid)))
-    return out
-
-
-def split_leave_one_out(user_idx: np.ndarray) -> np.ndarray:
-    """Per user (rows sorted by user, then time): last test, second-last valid; < 3 rows: all train."""
-    starts, sizes = _groups(user_idx)
-    rank = np.arange(len(user_idx)) - np.repeat(starts, sizes)
-    size = np.repeat(sizes, sizes)
-    from_end = size - 1 - rank
-    out = np.zeros(len(user_idx), dtype=np.int8)
-    big = size >= 3
-    out[big & (from_end == 1)] = schemas.SPLIT_CODES["valid"]
-    out[big & (from_end == 0)] = schemas.SPLIT_CODES["test"]
-    return out
-
-
-def split_global_time(timestamp: np.ndarray, ratios: list[float]) -> np.ndarray:
-    """One global time cut: train before t1, valid in [t1, t2), test from t2 (ties on the later side)."""
-    n = len(timestamp)
-    total = sum(ratios)
-    ts_sorted = np.sort(timestamp)
-
-    def cut(share: float) -> float:
-        k = int(n * share + 1e-9)
-        return float("inf") if k >= n else ts_sorted[k]
-
-    t1 = cut(ratios[0] / total)
-    t2 = cut((ratios[0] + ratios[1]) / total)
-    out = np.full(n, schemas.SPLIT_CODES["test"], dtype=np.int8)
-    out[timestamp < t2] = schemas.SPLIT_CODES["valid"]
-    out[timestamp < t1] = schemas.SPLIT_CODES["train"]
-    return out
-
-
-def cold_in_eval(user_idx: np.ndarray, item_idx: np.ndarray, split: np.ndarray) -> np.ndarray:
-    """Valid/test rows whose user or item has no train row."""
-    train = split == schemas.SPLIT_CODES["train"]
-    warm_u = np.zeros(int(user_idx.max()) + 1 if len(user_idx) else 0, dtype=bool)
-    warm_i = np.zeros(int(item_idx.max()) + 1 if len(item_idx) else 0, dtype=bool)
-    warm_u[user_idx[train]] = True
-    warm_i[item_idx[train]] = True
-    return ~train & ~(warm_u[user_idx] & warm_i[item_idx])
-
-
-def split_params(params: dict[str, Any]) -> tuple[str, list[float], int]:
-    method = get(params, "split.method")
-    ratios = [float(r) for r in get(params, "split.ratios")]
-    if len(ratios) != 3 or min(ratios) < 0 or sum(ratios) <= 0:
-        raise ParamsError(f"params.yaml: split.ratios must be three non-negative numbers, got {ratios}")
-    if method not in SPLIT_METHODS:
-        raise ParamsError(
-            f"params.yaml: split.method = {method!r} is not supported (supported: {', '.join(SPLIT_METHODS)})"
-        )
-    seed = get(params, "split.seed", 0)
-    return method, ratios, int(0 if seed is None else seed)
-
-
-def build_split(interactions: pd.DataFrame, params: dict[str, Any]) -> np.ndarray:
-    """The split column for rows sorted by (user_idx, timestamp, item_idx), per `split.method`."""
-    method, ratios, seed = split_params(params)
-    user_idx = interactions["user_idx"].to_numpy()
-    if method == "user_time":
-        return split_user_time(user_idx, ratios)
-    if method == "random":
-        return split_random(user_idx, ratios, seed)
-    if method == "leave_one_out":
-        return split_leave_one_out(user_idx)
-    return split_global_time(interactions["timestamp"].to_numpy(), ratios)
 
 
 # ------------------------------------------------------------------------------------------------ the stage
@@ -465,188 +468,229 @@ def _gc_paused() -> Iterator[None]:
             gc.enable()
 
 
-def _kcore_params(params: dict[str, Any]) -> tuple[int, int, float | None]:
-    user_min, item_min = int(get(params, "kcore.user_min")), int(get(params, "kcore.item_min"))
-    rating_min = get(params, "kcore.rating_min", None)
-    if rating_min is not None:
-        try:
-            rating_min = float(rating_min)
-        except (TypeError, ValueError):
-            raise ParamsError(f"params.yaml: kcore.rating_min must be a number or null, got {rating_min!r}") from None
-    return user_min, item_min, rating_min
+def write_outputs(ds: DatasetDir, tables: dict[str, pa.Table], shipped: dict[str, Any], stats: dict) -> None:
+    """Write every output to a temporary file first, then rename them all: no partial set on a crash."""
+    ds.root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".ingest.", suffix=".tmp", dir=ds.root))
+    try:
+        for name, table in tables.items():
+            write_parquet(tmp / name, table.combine_chunks())
+        write_json(tmp / ds.ingest_stats.name, stats)
+        with atomic_dir(ds.shipped) as shipped_dir:
+            for role, (matrix, has_input) in sorted(shipped.items()):
+                write_features(shipped_dir / f"{role}.parquet", matrix, has_input)
+            # the index is written even when the source ships nothing, so the folder is never empty
+            index = {
+                role: {"items_with_features": int(h.sum()), "dim": int(m.shape[1])} for role, (m, h) in shipped.items()
+            }
+            write_json(shipped_dir / SHIPPED_INDEX, index)
+            for path in sorted(tmp.iterdir()):
+                os.replace(path, ds.root / path.name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
-def run_presplit(dataset: str, manifest: dict[str, Any], raw_dir: Path, out_dir: Path) -> dict[str, Any]:
+def run_presplit(ds: DatasetDir, manifest: dict[str, Any], raw_dir: Path) -> dict[str, Any]:
     """A source published with its split (MMRec, LATTICE): its loader's tables, written as is."""
-    from stages.sources import presplit
-
     frame, items_table, users_table, stats = presplit.load(manifest, raw_dir)
     log.info(
-        "%s: %s source, the given split is kept (kcore and split params are not applied)", dataset, manifest["source"]
+        "%s: %s source, the given split is kept (kcore and split params are not applied)", ds.name, manifest["source"]
     )
     table = pa.Table.from_pandas(frame[schemas.INTERACTIONS.names], schema=schemas.INTERACTIONS, preserve_index=False)
-    write_parquet(out_dir / "interactions.parquet", table.combine_chunks())
-    write_parquet(out_dir / "items.parquet", items_table.combine_chunks())
-    write_parquet(out_dir / "users.parquet", users_table.combine_chunks())
-    write_json(out_dir / "ingest_stats.json", stats)
+    item_ids = items_table["item_id"].to_pylist()
+    tables = {ds.interactions.name: table, ds.items.name: items_table, ds.users.name: users_table}
+    shipped = shipped_features(manifest, raw_dir, item_ids)
+    if shipped:
+        stats["shipped_features"] = {role: int(h.sum()) for role, (_, h) in shipped.items()}
+    write_outputs(ds, tables, shipped, stats)
     return stats
 
 
-def run(dataset: str, params: dict[str, Any], raw_root: Path = Path("raw"), out_root: Path = Path("processed")) -> dict:
-    with _gc_paused():  # many long-lived objects (meta dicts): the cyclic GC would rescan them again and again
-        return _run(dataset, params, raw_root, out_root)
+@dataclass
+class Rows:
+    """The interactions between the steps: integer codes per row, and what the steps counted.
+
+    `keep` selects the rows still in (filter steps narrow it; nothing is copied until `reindex`).
+    """
+
+    user: np.ndarray
+    item: np.ndarray
+    rating: np.ndarray
+    timestamp: np.ndarray
+    user_ids: pa.Array
+    item_ids: pa.Array
+    keep: np.ndarray
+    stats: dict[str, Any]
+    split: np.ndarray | None = None
 
 
-def _run(dataset: str, params: dict[str, Any], raw_root: Path, out_root: Path) -> dict:
-    start = time.perf_counter()
-    raw_dir = raw_root / dataset
-    out_dir = out_root / dataset
-    manifest = read_json(raw_dir / "MANIFEST.json")
-    if manifest.get("source") in PRESPLIT_SOURCES:
-        return run_presplit(dataset, manifest, raw_dir, out_dir)
-    review_files = find_files(manifest, REVIEW_ROLES, raw_dir)
-    meta_files = find_files(manifest, META_ROLES, raw_dir)
-    user_min, item_min, rating_min = _kcore_params(params)
-    method, ratios, seed = split_params(params)
+def step_deduplicate(rows: Rows, cfg: IngestConfig) -> None:
+    """Exact duplicate reviews count once; a repeated (user, item) pair keeps its earliest review."""
+    rows.keep, exact, repeated = dedup_codes(rows.user, rows.item, rows.rating, rows.timestamp)
+    rows.stats["duplicates"] = {"exact_lines": exact, "repeated_pairs_kept_earliest": repeated}
 
-    data, bad_reviews, review_summaries = read_all_reviews(review_files)
-    review_lines = sum(s["lines"] for s in review_summaries)
-    rows_read = len(data["user"])
-    t_read = time.perf_counter()
 
-    keep, exact_dups, repeated_pairs = dedup_codes(data["user"], data["item"], data["rating"], data["timestamp"])
-    if rating_min is not None:
-        liked = data["rating"][keep] >= rating_min
-        below = int((~liked).sum())
-        keep = keep[liked]
-    else:
-        below = 0
-    core, rounds = k_core_codes(data["user"][keep], data["item"][keep], user_min, item_min)
-    rows = keep[core]
-    if not len(rows):
-        names = ", ".join(str(p) for p, _ in review_files)
+def step_rating_filter(rows: Rows, cfg: IngestConfig) -> None:
+    """`kcore.rating_min`: implicit feedback from ratings >= it (after dedup: the earliest review decides)."""
+    rows.keep, below = rating_filter(rows.rating, rows.keep, cfg.kcore.rating_min)
+    rows.stats["rating_filter"] = {"rating_min": cfg.kcore.rating_min, "removed": below}
+
+
+def step_k_core(rows: Rows, cfg: IngestConfig) -> None:
+    """Iterative k-core until no user/item is below `kcore.user_min` / `kcore.item_min`."""
+    user_min, item_min = cfg.kcore.user_min, cfg.kcore.item_min
+    core, rounds = k_core_codes(rows.user[rows.keep], rows.item[rows.keep], user_min, item_min)
+    rows.keep = rows.keep[core]
+    rows.stats["kcore"] = {"user_min": user_min, "item_min": item_min, "rounds": rounds}
+    if not len(rows.keep):
+        below = rows.stats["rating_filter"]["removed"]
         raise ValueError(
-            f"{names}: no interactions left after {user_min}/{item_min}-core filtering "
-            f"({rows_read} valid review lines read"
-            + (f", {below} below kcore.rating_min = {rating_min}" if rating_min is not None else "")
+            f"{', '.join(f['path'] for f in rows.stats['files']['reviews'])}: no interactions left after "
+            f"{user_min}/{item_min}-core filtering ({rows.stats['rows_read']['reviews_parsed']} valid review lines "
+            f"read"
+            + (f", {below} below kcore.rating_min = {cfg.kcore.rating_min}" if cfg.kcore.rating_min is not None else "")
             + ")"
         )
-    user_code, item_code = data["user"][rows], data["item"][rows]
-    rating, timestamp = data["rating"][rows], data["timestamp"][rows]
-    del data["user"], data["item"], data["rating"], data["timestamp"]
 
-    # Reindex: users and items sorted by source id; rows by user, time, item.
-    user_rank, user_ids = _sorted_rank(data["user_ids"], np.bincount(user_code, minlength=len(data["user_ids"])) > 0)
-    item_rank, item_ids = _sorted_rank(data["item_ids"], np.bincount(item_code, minlength=len(data["item_ids"])) > 0)
+
+def step_reindex(rows: Rows, cfg: IngestConfig) -> None:
+    """Users and items numbered in the sorted order of their source ids; rows ordered by user, time, item."""
+    user_code, item_code = rows.user[rows.keep], rows.item[rows.keep]
+    rating, timestamp = rows.rating[rows.keep], rows.timestamp[rows.keep]
+    user_rank, rows.user_ids = _sorted_rank(rows.user_ids, np.bincount(user_code, minlength=len(rows.user_ids)) > 0)
+    item_rank, rows.item_ids = _sorted_rank(rows.item_ids, np.bincount(item_code, minlength=len(rows.item_ids)) > 0)
     user_idx = user_rank[user_code].astype(np.int32)
     item_idx = item_rank[item_code].astype(np.int32)
     order = row_order(user_idx, timestamp, item_idx)
-    user_idx, item_idx, rating, timestamp = user_idx[order], item_idx[order], rating[order], timestamp[order]
-
-    frame = pd.DataFrame({"user_idx": user_idx, "timestamp": timestamp}, copy=False)
-    split = build_split(frame, params)
-    cold: dict[str, int] = {}
-    if method == "global_time":
-        drop = cold_in_eval(user_idx, item_idx, split)
-        cold = {name: int((drop & (split == code)).sum()) for name, code in schemas.SPLIT_CODES.items() if code}
-        keep_rows = ~drop
-        user_idx, item_idx = user_idx[keep_rows], item_idx[keep_rows]
-        rating, timestamp, split = rating[keep_rows], timestamp[keep_rows], split[keep_rows]
-        if not len(user_idx):
-            raise ValueError(f"{raw_dir}: the global_time split left no interactions")
-        # users/items left without rows are dropped; indices stay contiguous and sorted by id
-        used_u = np.bincount(user_idx, minlength=len(user_ids)) > 0
-        used_i = np.bincount(item_idx, minlength=len(item_ids)) > 0
-        cold.update(users_dropped=int((~used_u).sum()), items_dropped=int((~used_i).sum()))
-        user_idx = (np.cumsum(used_u) - 1)[user_idx].astype(np.int32)
-        item_idx = (np.cumsum(used_i) - 1)[item_idx].astype(np.int32)
-        user_ids, item_ids = user_ids.filter(pa.array(used_u)), item_ids.filter(pa.array(used_i))
-    t_core = time.perf_counter()
-
-    item_list = item_ids.to_pylist()
-    meta, bad_meta, meta_summaries = read_all_meta(meta_files, set(item_list))
-    meta_lines = sum(s["lines"] for s in meta_summaries)
-    empty = dict.fromkeys(ITEM_FIELDS)
-    records = [meta.get(asin, empty) for asin in item_list]
-    items_table = pa.table(
-        {
-            "item_idx": pa.array(np.arange(len(item_list), dtype=np.int32)),
-            "item_id": pa.array(item_list, pa.string()),
-            **{key: pa.array([r[key] for r in records], schemas.ITEMS.field(key).type) for key in ITEM_FIELDS},
-        },
-        schema=schemas.ITEMS,
+    rows.user, rows.item, rows.rating, rows.timestamp = (
+        user_idx[order],
+        item_idx[order],
+        rating[order],
+        timestamp[order],
     )
-    interactions = pa.table(
-        {"user_idx": user_idx, "item_idx": item_idx, "rating": rating, "timestamp": timestamp, "split": split},
-        schema=schemas.INTERACTIONS,
-    )
-    users_table = pa.table(
-        {"user_idx": pa.array(np.arange(len(user_ids), dtype=np.int32)), "user_id": user_ids},
-        schema=schemas.USERS,
-    )
-    write_parquet(out_dir / "interactions.parquet", interactions)
-    write_parquet(out_dir / "items.parquet", items_table)
-    write_parquet(out_dir / "users.parquet", users_table)
+    rows.keep = np.arange(len(order))
 
-    def count_missing(key: str) -> int:
-        return sum(1 for r in records if not r[key])
 
-    n_users, n_items, n_rows = len(user_ids), len(item_list), len(user_idx)
-    split_counts = np.bincount(split, minlength=3)
-    stats: dict[str, Any] = {
-        "rows_read": {"review_lines": review_lines, "meta_lines": meta_lines, "reviews_parsed": rows_read},
-        "malformed": {"reviews": _merge_malformed(bad_reviews), "meta": _merge_malformed(bad_meta)},
-        "duplicates": {"exact_lines": exact_dups, "repeated_pairs_kept_earliest": repeated_pairs},
-        "rating_filter": {"rating_min": rating_min, "removed": below},
-        "kcore": {"user_min": user_min, "item_min": item_min, "rounds": rounds},
-        "users": n_users,
-        "items": n_items,
-        "interactions": n_rows,
-        "sparsity": round(1.0 - n_rows / (n_users * n_items), 6),
-        "split": {name: int(split_counts[code]) for name, code in schemas.SPLIT_CODES.items()},
-        "split_method": {"method": method, "ratios": ratios, **({"seed": seed} if method == "random" else {})},
-        "items_missing": {
-            "meta": sum(1 for asin in item_list if asin not in meta),
-            "title": count_missing("title"),
-            "description": count_missing("description"),
-            "brand": count_missing("brand"),
-            "categories": count_missing("categories"),
-            "image_url": count_missing("image_url"),
-            "any_text": sum(
-                1 for r in records if not (r["title"] or r["description"] or r["brand"] or r["categories"])
-            ),
-        },
-        "files": {"reviews": review_summaries, "meta": meta_summaries},
+def step_split(rows: Rows, cfg: IngestConfig) -> None:
+    """`split.method` from the registry; global_time then drops valid/test rows of unseen users/items."""
+    method = cfg.split.method
+    rows.split = SPLITS[method](rows.user, rows.timestamp, list(cfg.split.ratios), cfg.split.seed)
+    rows.stats["split_method"] = {
+        "method": method,
+        "ratios": list(cfg.split.ratios),
+        **({"seed": cfg.split.seed} if method == "random" else {}),
     }
     if method == "global_time":
-        stats["split_removed_cold"] = cold
-    write_json(out_dir / "ingest_stats.json", stats)
+        rows.user, rows.item, rows.split, rows.user_ids, rows.item_ids, kept, cold = drop_unseen_in_eval(
+            rows.user, rows.item, rows.split, rows.user_ids, rows.item_ids
+        )
+        rows.rating, rows.timestamp = rows.rating[kept], rows.timestamp[kept]
+        rows.keep = np.arange(len(rows.user))
+        rows.stats["split_removed_cold"] = cold
+
+
+# The steps from parsed reviews to split interactions, in order; each counts what it did in the stats.
+STEPS = (
+    ("deduplicate", step_deduplicate),
+    ("rating_filter", step_rating_filter),
+    ("k_core", step_k_core),
+    ("reindex", step_reindex),
+    ("split", step_split),
+)
+
+
+def read_rows(review_files: list[tuple[Path, str]]) -> Rows:
+    """Parse every reviews file into codes; the parse counts go into the stats."""
+    data, bad_reviews, summaries = read_all_reviews(review_files)
+    stats: dict[str, Any] = {
+        "rows_read": {"review_lines": sum(s["lines"] for s in summaries), "reviews_parsed": len(data["user"])},
+        "malformed": {"reviews": _merge_malformed(bad_reviews)},
+        "files": {"reviews": summaries},
+    }
+    return Rows(
+        data["user"], data["item"], data["rating"], data["timestamp"], data["user_ids"], data["item_ids"],
+        np.arange(len(data["user"])), stats,
+    )  # fmt: skip
+
+
+def items_missing(item_list: list[str], meta: dict[str, Any], records: list[dict[str, Any]]) -> dict[str, int]:
+    """How many kept items lack their meta record, or each field of it."""
+    missing = {"meta": sum(1 for asin in item_list if asin not in meta)}
+    for key in ("title", "description", "brand", "categories", "image_url"):
+        missing[key] = sum(1 for r in records if not r[key])
+    missing["any_text"] = sum(
+        1 for r in records if not (r["title"] or r["description"] or r["brand"] or r["categories"])
+    )
+    return missing
+
+
+def run(dataset: str, params: dict[str, Any], raw: Path = RAW, processed: Path = PROCESSED) -> dict:
+    cfg = read_config(params)
+    with _gc_paused():  # many long-lived objects (meta dicts): the cyclic GC would rescan them again and again
+        return _run(dataset, cfg, Path(raw) / dataset, DatasetDir.of(dataset, processed))
+
+
+def _run(dataset: str, cfg: IngestConfig, raw_dir: Path, ds: DatasetDir) -> dict:
+    start = time.perf_counter()
+    manifest = read_json(raw_dir / MANIFEST)
+    if manifest.get("source") in presplit.SOURCES:
+        return run_presplit(ds, manifest, raw_dir)
+    rows = read_rows(find_files(manifest, REVIEW_ROLES, raw_dir))
+    timings = {"read": time.perf_counter() - start}
+    for name, step in STEPS:
+        step_start = time.perf_counter()
+        step(rows, cfg)
+        timings[name] = time.perf_counter() - step_start
+
+    step_start = time.perf_counter()
+    item_list = rows.item_ids.to_pylist()
+    meta, bad_meta, meta_summaries = read_all_meta(find_files(manifest, META_ROLES, raw_dir), set(item_list))
+    items_table, records = item_table(item_list, meta)
+    shipped = shipped_features(manifest, raw_dir, item_list)
+    timings["items"] = time.perf_counter() - step_start
+
+    n_users, n_items, n_rows = len(rows.user_ids), len(item_list), len(rows.user)
+    split_counts = np.bincount(rows.split, minlength=3)
+    stats = rows.stats
+    stats["rows_read"]["meta_lines"] = sum(s["lines"] for s in meta_summaries)
+    stats["malformed"]["meta"] = _merge_malformed(bad_meta)
+    stats["files"]["meta"] = meta_summaries
+    stats.update(
+        users=n_users,
+        items=n_items,
+        interactions=n_rows,
+        sparsity=round(1.0 - n_rows / (n_users * n_items), 6),
+        split={name: int(split_counts[code]) for name, code in schemas.SPLIT_CODES.items()},
+        items_missing=items_missing(item_list, meta, records),
+    )
+    if shipped:
+        stats["shipped_features"] = {role: int(h.sum()) for role, (_, h) in shipped.items()}
+    interactions = pa.table(
+        {"user_idx": rows.user, "item_idx": rows.item, "rating": rows.rating, "timestamp": rows.timestamp,
+         "split": rows.split},
+        schema=schemas.INTERACTIONS,
+    )  # fmt: skip
+    users_table = pa.table(
+        {"user_idx": pa.array(np.arange(n_users, dtype=np.int32)), "user_id": rows.user_ids}, schema=schemas.USERS
+    )
+    tables = {ds.interactions.name: interactions, ds.items.name: items_table, ds.users.name: users_table}
+    write_outputs(ds, tables, shipped, stats)
+    dups, rounds = stats["duplicates"], stats["kcore"]["rounds"]
+    below = stats["rating_filter"]["removed"]
     log.info(
         "%s: %d lines -> %d reviews (%d malformed, %d duplicate lines, %d repeated pairs%s), %d k-core rounds -> "
-        "%d users, %d items, %d interactions (%s split train/valid/test %d/%d/%d); read %.1f s, filter+split "
-        "%.1f s, meta+write %.1f s",
-        dataset,
-        review_lines,
-        rows_read,
-        sum(b.count for b in bad_reviews),
-        exact_dups,
-        repeated_pairs,
-        f", {below} rated below {rating_min}" if rating_min is not None else "",
-        len(rounds),
-        n_users,
-        n_items,
-        n_rows,
-        method,
-        *split_counts,
-        t_read - start,
-        t_core - t_read,
-        time.perf_counter() - t_core,
-    )
+        "%d users, %d items, %d interactions (%s split train/valid/test %d/%d/%d); %s",
+        dataset, stats["rows_read"]["review_lines"], stats["rows_read"]["reviews_parsed"],
+        stats["malformed"]["reviews"]["count"], dups["exact_lines"], dups["repeated_pairs_kept_earliest"],
+        f", {below} rated below {cfg.kcore.rating_min}" if cfg.kcore.rating_min is not None else "", len(rounds),
+        n_users, n_items, n_rows, cfg.split.method, *split_counts,
+        ", ".join(f"{name} {seconds:.1f} s" for name, seconds in timings.items()),
+    )  # fmt: skip
     return stats
 
 
 def main(argv: list[str] | None = None) -> int:
-    return dataset_stage_main(__doc__, run, argv)
+    return run_stage(__doc__, run, ("dataset",), argv, param_keys=param_keys)
 
 
 if __name__ == "__main__":

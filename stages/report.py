@@ -1,8 +1,9 @@
 """Stage `report`: one results table (models x metrics) per dataset and setting, plus training curves.
 
-Reads every `runs/<ds>/<model>/<setting>/metrics.json` and `history.csv` of the enabled datasets
-and models and writes `reports/results.md` (with published numbers beside ours where known),
-`reports/results.csv` (one row per dataset/setting/model) and `reports/plots/*.png`.
+Reads every run of the enabled datasets and models (`runs/.../evaluation.json` and `history.csv`) and
+writes `reports/results.md` (Recall/NDCG@10/20 on test, the best validation value, with published
+numbers beside ours where the dataset names a table of `reports/published.yaml`), `reports/results.csv`
+(one row per run, every metric) and `reports/plots/*.png` (validation curves).
 """
 
 from __future__ import annotations
@@ -11,43 +12,73 @@ import csv
 import io
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from stages.common.io import atomic_dir, read_json, write_text
-from stages.common.log import get_logger
-from stages.common.params import get, load_params, stage_args
+import yaml
+
+from mmpipe.config import ParamsError
+from mmpipe.io import atomic_dir, read_json, write_text
+from mmpipe.log import get_logger
+from mmpipe.paths import REPORTS, RUNS, RunFiles, run_dir
+from stages.common import pipeline
+from stages.common.datasets import dataset_config
+from stages.common.params import declared, run_stage
 
 log = get_logger("report")
 
-# Published full-ranking results (Recall@20, NDCG@20) from MMRec's evaluation table on Amazon 2014
-# 5-core data, keyed by the `published` name a dataset declares in params.yaml.
-PUBLISHED: dict[str, dict[str, dict[str, float]]] = {
-    "mmrec-baby": {
-        "bpr": {"recall@20": 0.0575, "ndcg@20": 0.0249},
-        "lightgcn": {"recall@20": 0.0754, "ndcg@20": 0.0328},
-        "vbpr": {"recall@20": 0.0663, "ndcg@20": 0.0284},
-        "lattice": {"recall@20": 0.0850, "ndcg@20": 0.0370},
-        "freedom": {"recall@20": 0.0992, "ndcg@20": 0.0424},
-    },
-}
+PUBLISHED_FILE = REPORTS / "published.yaml"
 METRIC_ORDER = ("recall", "ndcg", "precision", "map")
+TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")  # what published tables report
 
 
-def collect(params: dict[str, Any], runs_root: Path) -> list[dict[str, Any]]:
-    """One record per existing run of an enabled dataset/model/setting."""
-    models = [
-        *get(params, "pipeline.id_models"),
-        *get(params, "pipeline.feature_models"),
-        *get(params, "pipeline.graph_models"),
-    ]
+def param_keys() -> list[str]:
+    return ["pipeline", "datasets", "train.common.valid_metric"]
+
+
+@dataclass(frozen=True)
+class Published:
+    """One published table: where it comes from, on which split, and its numbers by model."""
+
+    name: str
+    source: str
+    split: str
+    results: Mapping[str, Mapping[str, float]]
+
+
+def load_published(path: Path = PUBLISHED_FILE) -> dict[str, Published]:
+    if not path.is_file():
+        return {}
+    data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    out = {}
+    for name, entry in data.items():
+        for key in ("source", "split", "results"):
+            if key not in (entry or {}):
+                raise ValueError(f"{path}: entry '{name}' has no '{key}'")
+        out[name] = Published(name, entry["source"], entry["split"], entry["results"])
+    return out
+
+
+def runs_of(cfg: pipeline.PipelineConfig, dataset: str) -> list[tuple[str, str, str | None]]:
+    """(model, setting, feature set) of every enabled run of a dataset, in the lists' order."""
+    out = []
+    for list_name, (group, setting) in pipeline.MODEL_LISTS.items():
+        for model in getattr(cfg, list_name):
+            for feature_set in [None] if group == "id" else cfg.feature_sets:
+                out.append((model, setting, feature_set))
+    return out
+
+
+def collect(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[dict[str, Any]]:
+    """One record per existing run of an enabled dataset/model/setting/feature set."""
     records = []
-    for dataset in get(params, "pipeline.datasets"):
-        for model in models:
-            for setting in ("warm", "cold"):
-                path = runs_root / dataset / model / setting / "metrics.json"
-                if path.is_file():
-                    records.append({"dataset": dataset, "path": path.parent, **read_json(path)})
+    for dataset in cfg.datasets:
+        for model, setting, feature_set in runs_of(cfg, dataset):
+            files = RunFiles(run_dir(dataset, model, setting, feature_set, runs_root))
+            if files.evaluation.is_file():
+                records.append({"dataset": dataset, "files": files, **read_json(files.evaluation)})
     return records
 
 
@@ -63,8 +94,12 @@ def markdown_table(rows: list[list[str]], header: list[str]) -> str:
     return "\n".join(lines)
 
 
+def run_label(rec: dict[str, Any]) -> str:
+    return f"{rec['model']} ({rec['feature_set']})" if rec.get("feature_set") else rec["model"]
+
+
 def plot_curves(records: list[dict[str, Any]], out_dir: Path, metric: str) -> list[str]:
-    """valid <metric> per epoch, one PNG per dataset/setting, all models on it."""
+    """valid <metric> per epoch, one PNG per dataset/setting, all runs on it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -77,12 +112,12 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path, metric: str) -> li
     for (dataset, setting), recs in sorted(groups.items()):
         fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
         for n, rec in enumerate(recs):
-            rows = list(csv.DictReader(io.StringIO((rec["path"] / "history.csv").read_text())))
+            rows = list(csv.DictReader(io.StringIO(rec["files"].history.read_text())))
             points = [(int(r["epoch"]), float(r[f"valid_{metric}"])) for r in rows if r.get(f"valid_{metric}")]
             if len(points) == 1:
-                ax.axhline(points[0][1], linestyle="--", color=f"C{n}", label=f"{rec['model']} (no training)")
+                ax.axhline(points[0][1], linestyle="--", color=f"C{n}", label=f"{run_label(rec)} (no training)")
             elif points:
-                ax.plot(*zip(*points, strict=True), color=f"C{n}", label=rec["model"])
+                ax.plot(*zip(*points, strict=True), color=f"C{n}", label=run_label(rec))
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"valid {metric}")
         ax.set_title(f"{dataset} ({setting})")
@@ -95,54 +130,81 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path, metric: str) -> li
     return written
 
 
-def run(params: dict[str, Any], runs_root: Path = Path("runs"), out_root: Path = Path("reports")) -> str:
+def dataset_section(
+    dataset: str, setting: str, recs: list[dict[str, Any]], published: Published | None, valid_metric: str
+) -> list[str]:
+    """The markdown of one dataset and setting: counts, the table, notes."""
+    info = recs[0].get("dataset_stats", {})
+    title = "warm (all items seen in training)" if setting == "warm" else "cold-start items (MICRO protocol)"
+    md = [f"## {dataset}: {title}", ""]
+    if info:
+        md += [
+            f"{info['users']} users, {info['items']} items; train/valid/test interactions "
+            f"{info['train']}/{info['valid']}/{info['test']}.",
+            "",
+        ]
+    columns = [c for c in TABLE_METRICS if any(c in r["test"] for r in recs)]
+    header = ["model", *columns, f"valid {valid_metric}", "users", "best epoch", "s/epoch"]
+    if published:
+        header += ["published recall@20", "published ndcg@20"]
+    rows = []
+    for rec in recs:
+        valid = rec.get("valid", {}).get(valid_metric)
+        row = [
+            run_label(rec),
+            *(f"{rec['test'][c]:.4f}" if c in rec["test"] else "-" for c in columns),
+            f"{valid:.4f}" if valid is not None else "-",
+            str(rec["users_evaluated"]),
+            str(rec["best_epoch"]),
+            f"{rec['seconds_per_epoch']:.3f}",
+        ]
+        if published:
+            pub = published.results.get(rec["model"], {})
+            row += [f"{pub[m]:.4f}" if m in pub else "-" for m in ("recall@20", "ndcg@20")]
+        rows.append(row)
+    md += [markdown_table(rows, header), ""]
+    if published:
+        md += [f"Published ({published.name}): {published.source}; split: {published.split}.", ""]
+    return md
+
+
+def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS) -> str:
     start = time.perf_counter()
-    records = collect(params, runs_root)
+    params = declared(params, param_keys())
+    cfg = pipeline.PipelineConfig.parse(params.get("pipeline"), "pipeline")
+    valid_metric = params["train"]["common"]["valid_metric"]
+    tables = load_published()
+    records = collect(cfg, runs_root)
     if not records:
-        raise FileNotFoundError(f"{runs_root}: no metrics.json for the enabled datasets/models; run evaluate first")
+        raise FileNotFoundError(f"{runs_root}: no evaluation.json for the enabled datasets/models; run evaluate first")
     columns = metric_columns(records)
-    curve_metric = get(params, "train.common.valid_metric")
 
     md = [
         "# Results",
         "",
-        "Full-ranking test metrics (MMRec definitions, training items masked). Generated by `dvc repro`; do not edit.",
+        "Full-ranking test metrics (MMRec definitions, training items masked), and the best validation value that "
+        "chose the epoch. Every metric of every run is in results.csv. Generated by `dvc repro`; do not edit.",
         "",
     ]
     csv_rows = []
-    for dataset in get(params, "pipeline.datasets"):
-        published = PUBLISHED.get(get(params, f"datasets.{dataset}.published", "") or "", {})
-        for setting in ("warm", "cold"):
+    for dataset in cfg.datasets:
+        name = dataset_config(params, dataset).published
+        if name is not None and name not in tables:
+            raise ParamsError(
+                f"params.yaml: datasets.{dataset}.published = {name!r} is not a table of {PUBLISHED_FILE} "
+                f"(tables: {', '.join(tables) or 'none'})"
+            )
+        published = tables.get(name) if name else None
+        for setting in pipeline.SETTINGS:
             recs = [r for r in records if r["dataset"] == dataset and r["setting"] == setting]
             if not recs:
                 continue
-            info = recs[0].get("dataset_stats", {})
-            title = "warm (all items seen in training)" if setting == "warm" else "cold-start items (MICRO protocol)"
-            md += [f"## {dataset}: {title}", ""]
-            if info:
-                md += [
-                    f"{info['users']} users, {info['items']} items; train/valid/test interactions "
-                    f"{info['train']}/{info['valid']}/{info['test']}.",
-                    "",
-                ]
-            header = ["model", *columns, "users", "best epoch", "s/epoch"]
-            if published:
-                header += ["published recall@20", "published ndcg@20"]
-            rows = []
-            for rec in recs:
-                row = [
-                    rec["model"],
-                    *(f"{rec['test'].get(c, float('nan')):.4f}" for c in columns),
-                    str(rec["users_evaluated"]),
-                    str(rec["best_epoch"]),
-                    f"{rec['seconds_per_epoch']:.3f}",
-                ]
-                if published:
-                    pub = published.get(rec["model"], {})
-                    row += [f"{pub['recall@20']:.4f}" if pub else "-", f"{pub['ndcg@20']:.4f}" if pub else "-"]
-                rows.append(row)
-                csv_rows.append({"dataset": dataset, "setting": setting, "model": rec["model"], **rec["test"]})
-            md += [markdown_table(rows, header), ""]
+            md += dataset_section(dataset, setting, recs, published, valid_metric)
+            csv_rows += [
+                {"dataset": dataset, "setting": setting, "model": r["model"], "feature_set": r.get("feature_set") or "",
+                 **r["test"]}
+                for r in recs
+            ]  # fmt: skip
             if setting == "cold":
                 skipped = [
                     r["model"]
@@ -154,18 +216,16 @@ def run(params: dict[str, Any], runs_root: Path = Path("runs"), out_root: Path =
                         f"Not evaluated on cold-start items (ID-only, cannot rank unseen items): {', '.join(skipped)}.",
                         "",
                     ]
-            if published:
-                md += ["Published: MMRec's evaluation table (Amazon 2014 5-core, MMRec's own split).", ""]
-            md += [
-                f"![valid {curve_metric}](plots/{dataset}_{setting}_valid_{curve_metric.replace('@', '_at_')}.png)",
-                "",
-            ]
+            plot = f"plots/{dataset}_{setting}_valid_{valid_metric.replace('@', '_at_')}.png"
+            md += [f"![valid {valid_metric}]({plot})", ""]
 
     out_root.mkdir(parents=True, exist_ok=True)
     with atomic_dir(out_root / "plots") as tmp:
-        plots = plot_curves(records, tmp, curve_metric)
+        plots = plot_curves(records, tmp, valid_metric)
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=["dataset", "setting", "model", *columns], lineterminator="\n")
+    writer = csv.DictWriter(
+        buf, fieldnames=["dataset", "setting", "model", "feature_set", *columns], lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(csv_rows)
     write_text(out_root / "results.csv", buf.getvalue())
@@ -173,18 +233,13 @@ def run(params: dict[str, Any], runs_root: Path = Path("runs"), out_root: Path =
     write_text(out_root / "results.md", text)
     log.info(
         "report: %d runs, %d plots -> %s (%.1f s)",
-        len(records),
-        len(plots),
-        out_root / "results.md",
-        time.perf_counter() - start,
-    )
+        len(records), len(plots), out_root / "results.md", time.perf_counter() - start,
+    )  # fmt: skip
     return text
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = stage_args(__doc__.splitlines()[0], dataset=False).parse_args(argv)
-    run(load_params(args.params))
-    return 0
+    return run_stage(__doc__, run, (), argv, param_keys=param_keys)
 
 
 if __name__ == "__main__":

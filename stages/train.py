@@ -1,9 +1,14 @@
 """Stage `train`: fit one model on one setting's training split; keep the best checkpoint by validation.
 
-Writes `runs/<ds>/<model>/<setting>/model.pt` (best state, hyperparameters, best epoch) and
-`history.csv` (one row per epoch: loss, validation metrics, seconds) for `dvc plots`.
-The `--group` flag is the dvc.yaml stage group that runs the model; it must match what the model
-reads, or DVC would not track the model's inputs.
+One stage per (dataset, model, setting[, feature set]). Writes, under `runs/<ds>/<model>/[<set>/]<setting>/`:
+`model.pt` (best state, hyperparameters, best epoch; byte-identical for equal weights, so a colleague's
+re-run matches the remote's hash), `history.csv` (one row per epoch: loss, validation metrics,
+seconds, for `dvc plots`) and `train.json` (best epoch, best validation metrics, timings).
+
+The training protocol is `train.common` (MMRec's: 1000 epochs, patience 20), changed per dataset by
+`train.datasets.<ds>` (the demo's short budget) and per model by `train.<model>.trainer`. The
+`--group` flag is the dvc.yaml stage group that runs the model; it must match what the model reads
+(`reads` in its file), or DVC would not track the model's inputs.
 """
 
 from __future__ import annotations
@@ -12,73 +17,110 @@ import csv
 import io
 import sys
 import time
+from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from models.data import load_train_data
-from models.registry import get_model
-from models.trainer import TrainConfig, fit
-from stages.common.io import atomic_path, write_text
-from stages.common.log import get_logger, progress_disabled
-from stages.common.params import ParamsError, get, load_params, stage_args
-from stages.common.threads import use_threads
+from mmpipe.config import ParamsError
+from mmpipe.io import write_bytes, write_json, write_text
+from mmpipe.log import get_logger, progress_disabled
+from mmpipe.paths import PROCESSED, RUNS, DatasetDir, RunFiles, run_dir
+from mmpipe.threads import use_threads
+from models.core.base import HParams, Recommender, TrainData
+from models.core.data import Split, load_train_data
+from models.core.registry import get_model, model_config
+from models.core.trainer import TrainConfig, fit
+from stages.common import pipeline
+from stages.common.params import declared, run_stage
 
 log = get_logger("train")
 
-GROUP_LISTS = {
-    "id": "pipeline.id_models",
-    "feat": "pipeline.feature_models / pipeline.cold_feature_models",
-    "graph": "pipeline.graph_models / pipeline.cold_graph_models",
-}
+FLAGS = ("dataset", "model", "setting", "group")
+OPTIONAL_FLAGS = ("feature_set",)
 
 
-def model_hparams(params: dict[str, Any], model: str) -> dict[str, Any]:
-    """A model's hyperparameters: its block in params.yaml, with a named preset applied.
-
-    `train.<model>.preset: sports` takes every key of `train.<model>.presets.sports` (a paper's
-    per-dataset setting), then `train.<model>.overrides` on top, so `dvc exp run -S
-    train.rearm.preset=sports` gives exactly the published setting and a tweak stays explicit.
-    """
-    block = get(params, f"train.{model}", None)
-    if block is None:
-        raise ParamsError(f"params.yaml: no hyperparameters for model '{model}' (add a train.{model} block)")
-    hp = dict(block)
-    presets, preset, overrides = hp.pop("presets", {}), hp.pop("preset", None), hp.pop("overrides", {})
-    if preset is not None:
-        if preset not in presets:
-            raise ParamsError(f"params.yaml: train.{model}.preset = {preset!r}; presets: {sorted(presets)}")
-        hp.update(presets[preset])
-    hp.update(overrides or {})
-    return hp
+def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
+    keys = ["train.common", "train.datasets", "train.num_threads", f"train.{model}"]
+    return keys + (["pipeline.modalities"] if group != "id" else [])
 
 
-def trainer_config(params: dict[str, Any], hp: dict[str, Any]) -> TrainConfig:
-    """train.common, with the model's own `trainer:` overrides (epochs, patience, batch_size, ...)."""
-    return TrainConfig.from_params({**get(params, "train.common"), **hp.get("trainer", {})})
+@dataclass(frozen=True)
+class RunSpec:
+    """One model run: which model, on which data, with which settings (what train and evaluate share)."""
+
+    dataset: str
+    model: str
+    setting: str
+    group: str
+    feature_set: str | None
+    cls: type[Recommender]
+    modalities: tuple[str, ...]  # the feature set's modalities the model may read (none for ID models)
+    num_threads: int
+    runs: Path = RUNS
+
+    @property
+    def files(self) -> RunFiles:
+        return RunFiles(self.root)
+
+    @property
+    def root(self) -> Path:
+        return run_dir(self.dataset, self.model, self.setting, self.feature_set, self.runs)
+
+    @property
+    def label(self) -> str:
+        return "/".join(p for p in (self.dataset, self.model, self.feature_set, self.setting) if p)
 
 
-def model_for_stage(model: str, setting: str, group: str, params: dict[str, Any]) -> type:
-    """The model class, after checking it may run in this stage group and setting; sets torch threads."""
+def run_spec(
+    dataset: str,
+    model: str,
+    setting: str,
+    group: str,
+    feature_set: str | None,
+    params: dict[str, Any],
+    runs: Path = RUNS,
+) -> RunSpec:
+    """Check that the model may run in this stage group and setting; read what train and evaluate share."""
+    if setting not in pipeline.SETTINGS:
+        raise ParamsError(f"setting {setting!r}: expected one of {', '.join(pipeline.SETTINGS)}")
     cls = get_model(model)
-    check_group(model, cls.group, group)
+    pipeline.check_group(model, cls.reads, group)
     if setting == "cold" and not cls.scores_cold_items:
         raise ParamsError(f"model '{model}' cannot score cold items; it runs in the warm setting only")
-    use_threads(get(params, "train.num_threads", 0))
-    return cls
-
-
-def check_group(model: str, cls_group: str, group: str) -> None:
-    if cls_group != group:
+    if (group == "id") != (feature_set is None):
         raise ParamsError(
-            f"params.yaml: model '{model}' reads {cls_group!r} inputs, so it must be listed in "
-            f"{GROUP_LISTS[cls_group]}, not {GROUP_LISTS[group]} (dvc.yaml tracks each list's inputs)"
+            f"model '{model}' (group {group}): a feature set is given exactly when the model reads features"
         )
+    modalities = pipeline.modalities(params) if group != "id" else ()
+    threads = (params.get("train") or {}).get("num_threads", 0)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ParamsError(f"params.yaml: train.num_threads = {threads!r}: expected an integer >= 0 (0: all cores)")
+    return RunSpec(dataset, model, setting, group, feature_set, cls, modalities, threads, Path(runs))
 
 
-def run_dir(dataset: str, model: str, setting: str, runs_root: Path = Path("runs")) -> Path:
-    return runs_root / dataset / model / setting
+def training_config(spec: RunSpec, params: dict[str, Any]) -> tuple[HParams, TrainConfig]:
+    """The model's validated hyperparameters and the trainer settings for this dataset and model."""
+    train = declared(params, param_keys(spec.dataset, spec.model, spec.setting, spec.group)).get("train") or {}
+    hp, trainer_overrides = model_config(spec.model, train.get(spec.model))
+    per_dataset = train.get("datasets") or {}
+    if not isinstance(per_dataset, Mapping):
+        raise ParamsError(
+            f"params.yaml: train.datasets = {per_dataset!r}: expected a mapping of dataset -> train.common keys"
+        )
+    where = f"train.common (+ train.datasets.{spec.dataset}, train.{spec.model}.trainer)"
+    trainer = TrainConfig.from_params(
+        train.get("common"), per_dataset.get(spec.dataset), trainer_overrides, where=where
+    )
+    return hp, trainer
+
+
+def load_data(spec: RunSpec, processed: Path = PROCESSED) -> tuple[TrainData, Split]:
+    return load_train_data(
+        DatasetDir.of(spec.dataset, processed), spec.setting, spec.cls.reads, spec.modalities, spec.feature_set
+    )
 
 
 def history_csv(rows: list[dict[str, float]]) -> str:
@@ -92,71 +134,65 @@ def history_csv(rows: list[dict[str, float]]) -> str:
     return buf.getvalue()
 
 
+def checkpoint_bytes(state: dict[str, torch.Tensor], hp: HParams, best_epoch: int) -> bytes:
+    """torch.save into memory: the archive then has a fixed inner name (torch uses the file's name
+    otherwise), and nothing that varies between runs (no timings) goes inside."""
+    buf = io.BytesIO()
+    torch.save({"state_dict": state, "hp": hp.as_dict(), "best_epoch": best_epoch}, buf)
+    return buf.getvalue()
+
+
+def load_checkpoint(spec: RunSpec) -> dict[str, Any]:
+    path = spec.files.checkpoint
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no trained model (run train for {spec.label} first)")
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
 def run(
     dataset: str,
-    model_name: str,
+    model: str,
     setting: str,
     group: str,
     params: dict[str, Any],
-    out_root: Path = Path("processed"),
-    runs_root: Path = Path("runs"),
+    feature_set: str | None = None,
+    processed: Path = PROCESSED,
+    runs: Path = RUNS,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    cls = model_for_stage(model_name, setting, group, params)
-    hp = model_hparams(params, model_name)
-    cfg = trainer_config(params, hp)
-    data, split = load_train_data(out_root / dataset, setting, cls.group, dict(get(params, "features.modalities")))
+    spec = run_spec(dataset, model, setting, group, feature_set, params, runs)
+    hp, cfg = training_config(spec, params)
+    use_threads(spec.num_threads)
+    data, split = load_data(spec, processed)
 
     torch.manual_seed(cfg.seed)
-    model = cls(data, hp)
-    result = fit(model, data, split.valid, cfg, log, progress=not progress_disabled())
-    out_dir = run_dir(dataset, model_name, setting, runs_root)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    net = spec.cls(data, hp)
+    result = fit(net, data, split.valid, cfg, log, progress=not progress_disabled())
+    files = spec.files
     epochs = [r for r in result.history if r.get("train_seconds")]
     summary = {
-        "model": model_name,
+        "model": model,
         "setting": setting,
+        "feature_set": feature_set,
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
-        "best_valid": result.best_valid,
+        "best_valid": {k: round(v, 6) for k, v in result.best_valid.items()},
         "seconds_per_epoch": round(sum(r["train_seconds"] for r in epochs) / len(epochs), 4) if epochs else 0.0,
         "train_seconds": round(time.perf_counter() - start, 2),
     }
-    with atomic_path(out_dir / "model.pt") as tmp:
-        torch.save({"state_dict": result.best_state, "hp": hp, "summary": summary}, tmp)
-    write_text(out_dir / "history.csv", history_csv(result.history))
+    write_bytes(files.checkpoint, checkpoint_bytes(result.best_state, hp, result.best_epoch))
+    write_text(files.history, history_csv(result.history))
+    write_json(files.train_summary, summary)
     log.info(
-        "%s/%s/%s: best valid %s %.4f at epoch %d of %d (%.3f s/epoch), %.1f s",
-        dataset,
-        model_name,
-        setting,
-        cfg.valid_metric,
-        result.best_valid.get(cfg.valid_metric, float("nan")),
-        result.best_epoch,
-        len(result.history),
-        summary["seconds_per_epoch"],
-        summary["train_seconds"],
-    )
+        "%s: best valid %s %.4f at epoch %d of %d (%.3f s/epoch), %.1f s",
+        spec.label, cfg.valid_metric, result.best_valid.get(cfg.valid_metric, float("nan")), result.best_epoch,
+        len(result.history), summary["seconds_per_epoch"], summary["train_seconds"],
+    )  # fmt: skip
     return summary
 
 
-def model_stage_main(doc: str, run_fn, argv: list[str] | None) -> int:
-    """The command line of the train and evaluate stages: dataset, model, setting, group."""
-    parser = stage_args(
-        doc.splitlines()[0],
-        extra=[
-            ("--model", {"required": True}),
-            ("--setting", {"required": True, "choices": ["warm", "cold"]}),
-            ("--group", {"required": True, "choices": sorted(GROUP_LISTS)}),
-        ],
-    )
-    args = parser.parse_args(argv)
-    run_fn(args.dataset, args.model, args.setting, args.group, load_params(args.params))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
-    return model_stage_main(__doc__, run, argv)
+    return run_stage(__doc__, run, FLAGS, argv, optional=OPTIONAL_FLAGS, param_keys=param_keys)
 
 
 if __name__ == "__main__":

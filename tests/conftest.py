@@ -27,8 +27,11 @@ def tiny_params() -> dict[str, Any]:
     params["images"]["size"] = 48
     params["demo_clip"].update(hidden_size=32, image_size=32, patch_size=8, projection_dim=16, vocab_size=400)
     # Every model is unit-tested; the DAG tests need one model of each group (and each cold group).
-    params["pipeline"].update(graph_models=["itemknn", "freedom"], cold_graph_models=["itemknn"])
+    params["pipeline"].update(
+        id_models=["bpr", "lightgcn"], graph_models=["itemknn", "freedom"], cold_graph_models=["itemknn"]
+    )
     params["train"]["common"].update(epochs=3, patience=2, batch_size=256)
+    params["train"]["datasets"] = {"demo": {}}  # train.common above, not the demo's budget
     return params
 
 
@@ -47,8 +50,10 @@ def demo_project(tmp_path_factory) -> Path:
 
     root = tmp_path_factory.mktemp("demo_project")
     params = tiny_params()
-    for enc in ("clip_image", "clip_text"):
-        params["features"][enc]["model"] = str(root / "raw/encoders/demo-clip")
+    for feature_set in params["features"].values():
+        for block in feature_set.values() if isinstance(feature_set, dict) else ():
+            if block.get("model") == "raw/encoders/demo-clip":
+                block["model"] = str(root / "raw/encoders/demo-clip")
     download.run("demo", params, root / "raw")
     ingest.run("demo", params, root / "raw", root / "processed")
     images.run("demo", params, root / "raw", root / "processed")

@@ -7,18 +7,18 @@ import pyarrow as pa
 import pytest
 import scipy.sparse as sp
 
-from stages.common import lmdb_store
-from stages.common.io import (
+from mmpipe import lmdb_store
+from mmpipe.io import (
     atomic_dir,
     atomic_path,
     read_csr,
-    read_features,
     read_json,
     read_parquet,
     write_csr,
     write_json,
     write_parquet,
 )
+from mmpipe.schemas import read_features
 
 
 def test_atomic_path_keeps_old_file_when_writer_fails(tmp_path):

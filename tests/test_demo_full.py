@@ -21,13 +21,14 @@ DETERMINISTIC = [
     "processed/demo/users.parquet",
     "processed/demo/images.lmdb",
     "processed/demo/coldstart.parquet",
-    "processed/demo/graphs/warm/user_co.npz",
-    "processed/demo/graphs/warm/item_co.npz",
-    "processed/demo/graphs/cold/user_co.npz",
-    "processed/demo/graphs/knn/image.npz",
-    "processed/demo/graphs/knn/text.npz",
-    "processed/demo/features/sbert.parquet",
-    "processed/demo/features/clip_image.parquet",
+    "processed/demo/graphs/default/warm/user_co.npz",
+    "processed/demo/graphs/default/warm/item_co.npz",
+    "processed/demo/graphs/default/cold/user_co.npz",
+    "processed/demo/graphs/default/knn/image.npz",
+    "processed/demo/graphs/default/knn/text.npz",
+    "processed/demo/features/default/text.parquet",
+    "processed/demo/features/default/image.parquet",
+    *(f"runs/demo/{run}/model.pt" for run in ("bpr/warm", "lightgcn/warm", "vbpr/default/warm", "rearm/default/warm")),
 ]
 
 
@@ -41,6 +42,6 @@ def test_full_default_demo_twice(tmp_path):
         assert (a.path / rel).read_bytes() == (b.path / rel).read_bytes(), rel
     lightgcn = json.loads((a.path / "runs/demo/lightgcn/warm/metrics.json").read_text())
     assert lightgcn["test"]["recall@20"] > 0.2  # random ranking would give about 20 / 1500
-    vbpr_cold = json.loads((a.path / "runs/demo/vbpr/cold/metrics.json").read_text())
+    vbpr_cold = json.loads((a.path / "runs/demo/vbpr/default/cold/metrics.json").read_text())
     assert vbpr_cold["test"]["recall@20"] > 3 * 20 / 1500  # content carries signal to unseen items
     assert a.repro() == set()

@@ -12,9 +12,10 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
+from mmpipe.io import read_json, sha256_file
 from stages import download, ingest
-from stages.common.io import read_json, sha256_file
 from stages.common.params import ParamsError
+from stages.sources import records, splits
 
 
 def write_raw(raw_dir: Path, reviews: list[str], meta: list[str], gz: bool = True) -> None:
@@ -57,7 +58,7 @@ def test_demo_meta_is_python_literal_like_amazon_2014(tmp_path, params):
         first = fh.readline()
     with pytest.raises(json.JSONDecodeError):
         json.loads(first)  # single quotes: not JSON
-    record = ingest.parse_record(first)
+    record = records.parse_record(first)
     assert {"asin", "title", "categories", "imUrl"} <= set(record)
     assert isinstance(record["categories"][0], list)
 
@@ -140,7 +141,7 @@ def test_k_core_iterates_until_stable():
     ],
 )
 def test_user_time_split_follows_mmrec_rule(n, expected):
-    split = ingest.split_user_time(np.zeros(n, dtype=np.int32), [0.8, 0.1, 0.1])
+    split = splits.split_user_time(np.zeros(n, dtype=np.int32), [0.8, 0.1, 0.1])
     assert split.tolist() == expected
 
 

@@ -1,5 +1,6 @@
 """download for the real sources: URLs from the catalog (overridden to a local server), the resumable cache,
-product images with failures by reason, local folders, and the errors a user without network sees."""
+local folders, and the errors a user without network sees; product images fetched after ingest (the images
+stage) for the items that survived the k-core, with failures by reason."""
 
 from __future__ import annotations
 
@@ -13,11 +14,12 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stages import download, ingest
-from stages.common.http import DownloadError
-from stages.common.io import read_json, sha256_file
+from mmpipe import lmdb_store
+from mmpipe.io import read_json, sha256_file
+from stages import download, images, ingest
 from stages.common.params import ParamsError
 from stages.sources import catalog
+from stages.sources.http import DownloadError
 
 
 def jpeg(color: tuple[int, int, int]) -> bytes:
@@ -95,10 +97,10 @@ def baby_params(params: dict, base: str, tmp_path: Path) -> dict:
     params["datasets"]["baby"] = {
         "source": "amazon2014",
         "category": "Baby",
-        "images": True,
         "urls": {"reviews": f"{base}/reviews_Baby_5.json.gz", "meta": f"{base}/meta_Baby.json.gz"},
     }
-    params["download"] = {"cache_dir": str(tmp_path / "cache"), "timeout": 2, "retries": 1, "image_workers": 4}
+    params["download"] = {"cache_dir": str(tmp_path / "cache"), "timeout": 2, "retries": 1}
+    params["images"].update(fetch=True, fetch_workers=4, fetch_timeout=2)
     return params
 
 
@@ -117,7 +119,7 @@ def test_catalog_urls_follow_each_release():
         catalog.file_specs("amazon2014", {"category": "Babies"})
 
 
-def test_download_fetches_files_and_images_into_a_verified_manifest(tmp_path, params, server):
+def test_download_fetches_files_then_images_stage_fetches_kcore_items(tmp_path, params, server):
     baby_params(params, server.base, tmp_path)
     manifest = download.run("baby", params, tmp_path / "raw")
     raw = tmp_path / "raw/baby"
@@ -127,18 +129,25 @@ def test_download_fetches_files_and_images_into_a_verified_manifest(tmp_path, pa
     for entry in manifest["files"]:
         assert entry["sha256"] == sha256_file(raw / entry["path"]) and entry["status"] == "downloaded"
     assert read_json(raw / "MANIFEST.json") == manifest and manifest["source"] == "amazon2014"
-    fetched = manifest["images_fetch"]
-    assert fetched["ok"] == 4 and fetched["failed"] == {"http_404": 1, "not_an_image": 1}
-    assert sorted(p.name for p in (raw / "images").iterdir()) == [f"B{i:03d}.jpg" for i in range(2, 6)]
-    assert "/img/B999.jpg" not in server.requests  # an item outside the reviews is not fetched
+    assert not [r for r in server.requests if r.startswith("/img/")]  # images come after ingest
     # ingest reads what download wrote
     stats = ingest.run("baby", params, tmp_path / "raw", tmp_path / "processed")
     assert stats["users"] == 6 and stats["items"] == 6
+    # the images stage fetches the images of the items that survived the k-core, into the download cache
+    report = images.run("baby", params, tmp_path / "raw", tmp_path / "processed")
+    assert report["fetch"]["ok"] == 4 and report["fetch"]["failed"] == {"http_404": 1, "not_an_image": 1}
+    assert (report["stored"], report["missing_file"]) == (4, 2)
+    assert "/img/B999.jpg" not in server.requests  # an item outside the reviews is not fetched
+    cached = tmp_path / "cache/images/amazon2014"
+    assert sorted(p.name for p in cached.iterdir()) == [f"B{i:03d}.jpg" for i in range(2, 6)]
+    with lmdb_store.reading(tmp_path / "processed/baby/images.lmdb") as txn:
+        assert sorted(k.decode() for k, _ in txn.cursor()) == [f"B{i:03d}" for i in range(2, 6)]
 
     # A re-run (DVC empties raw/baby first) takes every complete file and image from the cache.
     server.requests.clear()
     download.run("baby", params, tmp_path / "raw")
-    assert [r for r in server.requests if not r.startswith("/img/")] == []
+    assert server.requests == []
+    images.run("baby", params, tmp_path / "raw", tmp_path / "processed")
     assert set(server.requests) == {"/img/missing.jpg", "/img/notimage.jpg"}  # only failures are retried
 
 
@@ -157,15 +166,14 @@ def test_a_file_placed_by_hand_in_the_cache_is_used_without_network(tmp_path, pa
         dest = download.cache_path(tmp_path / "cache", f"http://127.0.0.1:9/{name}")
         dest.parent.mkdir(parents=True, exist_ok=True)
         dest.write_bytes(server.files[f"/{name}"])
-    params["datasets"]["baby"]["images"] = False
     manifest = download.run("baby", params, tmp_path / "raw")
     assert [e["status"] for e in manifest["files"]] == ["present", "present"]
-    assert "images_fetch" not in manifest
+    assert server.requests == []
 
 
 def test_sha256_pinned_in_params_is_checked(tmp_path, params, server):
     baby_params(params, server.base, tmp_path)
-    params["datasets"]["baby"].update(images=False, sha256={"reviews": "0" * 64})
+    params["datasets"]["baby"].update(sha256={"reviews": "0" * 64})
     with pytest.raises(DownloadError, match="sha256"):
         download.run("baby", params, tmp_path / "raw")
     assert not (tmp_path / "raw/baby").exists()
@@ -193,7 +201,6 @@ def test_local_source_names_its_format(tmp_path, params, server):
     (folder / "meta_Baby.json.gz").write_bytes(server.files["/meta_Baby.json.gz"])
     params["datasets"]["hand"] = {"source": "local", "format": "amazon2014", "category": "Baby", "path": str(folder)}
     params["datasets"]["hand"]["files"] = {"reviews": "r.json.gz"}
-    params["datasets"]["hand"]["images"] = False
     manifest = download.run("hand", params, tmp_path / "raw")
     assert manifest["source"] == "amazon2014" and {e["role"] for e in manifest["files"]} == {"reviews", "meta"}
     params["datasets"]["hand"]["format"] = "amazon1999"
@@ -214,7 +221,6 @@ def test_bilibili_folder_in_pmmrec_layout_runs_through_download_ingest_and_image
     import numpy as np
     import pyarrow.parquet as pq
 
-    from stages import images
     from tests.test_presplit_export import LMDB_Image
 
     folder = tmp_path / "bili_food"

@@ -9,7 +9,7 @@ import pytest
 import scipy.sparse as sp
 import torch
 
-from models.evaluator import evaluate, metrics_from_hits, rank
+from models.core.evaluator import evaluate, metrics_from_hits, rank
 
 
 def test_metrics_hand_computed():
@@ -78,7 +78,7 @@ def test_evaluate_skips_users_without_training_or_truth():
 
 
 def test_stable_topk_equals_a_stable_full_sort_with_many_ties():
-    from models.evaluator import stable_topk
+    from models.core.evaluator import stable_topk
 
     generator = torch.Generator().manual_seed(0)
     scores = torch.randint(0, 6, (300, 40), generator=generator).float()  # heavy ties

@@ -9,13 +9,27 @@ import numpy as np
 import pytest
 import torch
 
+from mmpipe.io import read_json, read_parquet, write_parquet
+from mmpipe.schemas import read_features
 from stages import features
-from stages.common.encoders import ENCODERS, ClipImageEncoder, ModelUnavailable, RobertaEncoder
-from stages.common.io import read_features, read_json, read_parquet, write_parquet
-from stages.common.model_builders import build_roberta
+from stages.encoders.builders import build_roberta
+from stages.encoders.kinds import ENCODERS, ClipImageEncoder, ModelUnavailable, RobertaEncoder
 from stages.sources import demo
 
 TINY = {"seed": 1, "hidden_size": 32, "layers": 2, "heads": 2, "vocab_size": 400}
+MODALITY = {"sbert": "text", "roberta": "text", "clip_text": "text", "clip_image": "image"}
+
+
+def use(params: dict, kind: str, **block) -> tuple[str, str]:
+    """Put an encoder of `kind` into a feature set named after it; (feature set, modality) to run."""
+    modality = MODALITY[kind]
+    base = dict(params["features"]["default"]["text"]) if kind == "sbert" else {"kind": kind, "batch_size": 16}
+    params["features"][kind] = {modality: {**base, **block}}
+    return kind, modality
+
+
+def out(root: Path, kind: str) -> Path:
+    return root / f"demo/features/{kind}/{MODALITY[kind]}.parquet"
 
 
 @pytest.fixture(scope="module")
@@ -47,32 +61,32 @@ def test_registry_has_the_four_kinds():
 
 
 def test_sbert_flags_items_without_text_and_uses_cache(params, project):
-    params["features"]["sbert"]["batch_size"] = 16
-    first = features.run("demo", "sbert", params, project)
+    fs = use(params, "sbert", batch_size=16)
+    first = features.run("demo", *fs, params, project)
     items = read_parquet(project / "demo/items.parquet").to_pylist()
     no_text = [not any(r[k] for k in ("title", "brand", "categories", "description")) for r in items]
-    matrix, has_input = read_features(project / "demo/features/sbert.parquet")
+    matrix, has_input = read_features(out(project, "sbert"))
     assert matrix.shape == (len(items), 384) and matrix.dtype == np.float32
     assert (~has_input).tolist() == no_text and any(no_text)  # the demo plants items without metadata
     np.testing.assert_allclose(matrix[~has_input][0], matrix[has_input].mean(axis=0), rtol=1e-5)
     assert first["cache_hits"] == 0 and first["encoded"] == first["with_input"]
 
-    before = (project / "demo/features/sbert.parquet").read_bytes()
-    again = features.run("demo", "sbert", params, project)
+    before = out(project, "sbert").read_bytes()
+    again = features.run("demo", *fs, params, project)
     assert again["encoded"] == 0 and again["cache_hits"] == again["with_input"]
-    assert (project / "demo/features/sbert.parquet").read_bytes() == before
+    assert out(project, "sbert").read_bytes() == before
 
-    params["features"]["sbert"]["max_tokens"] = 16  # new fingerprint: everything is encoded again
-    third = features.run("demo", "sbert", params, project)
+    params["features"]["sbert"]["text"]["max_tokens"] = 16  # new fingerprint: everything is encoded again
+    third = features.run("demo", *fs, params, project)
     assert third["fingerprint"] != first["fingerprint"] and third["encoded"] == first["encoded"]
     assert third["cache_entries"] == 2 * first["cache_entries"]
 
-    params["features"]["text_template"] = "{title}"  # new inputs: new keys, encoded again
-    assert features.run("demo", "sbert", params, project)["cache_hits"] == 0
+    params["features"]["sbert"]["text"]["template"] = "{title}"  # new inputs: new keys, encoded again
+    assert features.run("demo", *fs, params, project)["cache_hits"] == 0
 
     params["features"]["fill"] = "zero"
-    features.run("demo", "sbert", params, project)
-    zero, _ = read_features(project / "demo/features/sbert.parquet")
+    features.run("demo", *fs, params, project)
+    zero, _ = read_features(out(project, "sbert"))
     assert not zero[~has_input].any()
 
 
@@ -80,9 +94,10 @@ def test_cache_encodes_exactly_the_new_items(params, project):
     full = read_parquet(project / "demo/items.parquet")
     cut = int(len(full) * 0.9)
     write_parquet(project / "demo/items.parquet", full.slice(0, cut))
-    first = features.run("demo", "sbert", params, project)
+    fs = use(params, "sbert")
+    first = features.run("demo", *fs, params, project)
     write_parquet(project / "demo/items.parquet", full)  # a k-core change brings 10% more items
-    second = features.run("demo", "sbert", params, project)
+    second = features.run("demo", *fs, params, project)
     assert second["cache_hits"] == first["with_input"]
     assert second["encoded"] == second["with_input"] - first["with_input"] > 0
 
@@ -90,11 +105,13 @@ def test_cache_encodes_exactly_the_new_items(params, project):
 def test_output_bytes_are_deterministic(params, project, tmp_path):
     other = tmp_path / "other"
     shutil.copytree(project, other)
+    fs = use(params, "sbert")
     for root in (project, other):
-        features.run("demo", "sbert", params, root)
-    a, b = (r / "demo/features/sbert.parquet" for r in (project, other))
+        features.run("demo", *fs, params, root)
+    a, b = (out(r, "sbert") for r in (project, other))
     assert a.read_bytes() == b.read_bytes()
-    assert (project / "demo/features/sbert.lmdb").read_bytes() == (other / "demo/features/sbert.lmdb").read_bytes()
+    cache = "demo/feature_cache/sbert-text.lmdb"
+    assert (project / cache).read_bytes() == (other / cache).read_bytes()
 
 
 def test_roberta_mean_pooling_ignores_padding(tiny_roberta):
@@ -115,38 +132,38 @@ def test_roberta_mean_pooling_ignores_padding(tiny_roberta):
 
 
 def test_roberta_features_stage_with_tiny_local_model(params, project, tiny_roberta):
-    params["features"]["roberta"].update(model=str(tiny_roberta), batch_size=8)
-    stats = features.run("demo", "roberta", params, project)
-    matrix, has_input = read_features(project / "demo/features/roberta.parquet")
+    fs = use(params, "roberta", model=str(tiny_roberta), batch_size=8, pooling="mean")
+    stats = features.run("demo", *fs, params, project)
+    matrix, has_input = read_features(out(project, "roberta"))
     assert stats["dim"] == TINY["hidden_size"] == matrix.shape[1]
     assert np.isfinite(matrix).all() and stats["with_input"] == int(has_input.sum())
-    params["features"]["roberta"]["dtype"] = "bfloat16"
-    low = features.run("demo", "roberta", params, project)
+    params["features"]["roberta"]["text"]["dtype"] = "bfloat16"
+    low = features.run("demo", *fs, params, project)
     assert low["fingerprint"] != stats["fingerprint"] and low["encoded"] == stats["encoded"]
-    bf16, _ = read_features(project / "demo/features/roberta.parquet")
+    bf16, _ = read_features(out(project, "roberta"))
     assert np.abs(bf16 - matrix).max() < 0.1 * np.abs(matrix).max()  # close, not equal
 
 
 def test_clip_text_features_are_normalised(params, project, demo_project):
-    params["features"]["clip_text"].update(model=str(demo_project / "raw/encoders/demo-clip"), normalize=True)
-    stats = features.run("demo", "clip_text", params, project)
-    matrix, has_input = read_features(project / "demo/features/clip_text.parquet")
+    fs = use(params, "clip_text", model=str(demo_project / "raw/encoders/demo-clip"), normalize=True, max_tokens=77)
+    stats = features.run("demo", *fs, params, project)
+    matrix, has_input = read_features(out(project, "clip_text"))
     assert stats["dim"] == params["demo_clip"]["projection_dim"]
     np.testing.assert_allclose(np.linalg.norm(matrix[has_input], axis=1), 1.0, atol=1e-5)
 
 
 def test_clip_image_features_from_local_seeded_model(params, project, demo_project):
-    params["features"]["clip_image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
-    stats = features.run("demo", "clip_image", params, project)
+    fs = use(params, "clip_image", model=str(demo_project / "raw/encoders/demo-clip"))
+    stats = features.run("demo", *fs, params, project)
     report = read_json(project / "demo/images_report.json")
     assert stats["with_input"] == report["stored"] and stats["without_input"] == report["items"] - report["stored"]
-    matrix, has_input = read_features(project / "demo/features/clip_image.parquet")
+    matrix, has_input = read_features(out(project, "clip_image"))
     assert matrix.shape[1] == params["demo_clip"]["projection_dim"] == stats["dim"]
     assert np.isfinite(matrix).all() and len(np.unique(matrix[has_input].round(5), axis=0)) > 1
 
 
 def test_clip_image_background_decoding_matches_one_by_one(demo_project):
-    from stages.common import lmdb_store
+    from mmpipe import lmdb_store
 
     enc = ClipImageEncoder(
         "clip_image", {"model": str(demo_project / "raw/encoders/demo-clip"), "batch_size": 3}, False
@@ -179,18 +196,24 @@ def test_clip_output_object_and_tensor_are_both_read(demo_project, params):
     ],
 )
 def test_unavailable_model_names_model_and_fix(encoder, name, params, project):
-    params["features"][encoder]["model"] = name
+    fs = use(params, encoder, model=name)
     with pytest.raises(ModelUnavailable) as err:
-        features.run("demo", encoder, params, project)
+        features.run("demo", *fs, params, project)
     msg = str(err.value)
-    assert name in msg and f"features.{encoder}.model" in msg and "local" in msg and "hub" in msg
-    assert not (project / f"demo/features/{encoder}.parquet").exists()
+    assert name in msg and f"features.{encoder}.{MODALITY[encoder]}.model" in msg and "local" in msg and "hub" in msg
+    assert not out(project, encoder).exists()
 
 
 def test_bad_encoder_params_are_rejected(params, tiny_roberta):
-    params["features"]["sbert"]["kind"] = "word2vec"
+    params["features"]["default"]["text"]["kind"] = "word2vec"
     with pytest.raises(ValueError, match="known kinds"):
-        features.run("demo", "sbert", params, Path("/nonexistent"))
+        features.run("demo", "default", "text", params, Path("/nonexistent"))
+    params["features"]["default"]["text"].update(kind="sbert", max_tokenz=8)
+    with pytest.raises(ValueError, match="max_tokenz do not apply to kind 'sbert'"):
+        features.run("demo", "default", "text", params, Path("/nonexistent"))
+    params["features"]["default"]["text"] = {"kind": "clip_image", "model": "x"}
+    with pytest.raises(ValueError, match="kind 'clip_image' encodes image, not text"):
+        features.run("demo", "default", "text", params, Path("/nonexistent"))
     with pytest.raises(ValueError, match="pooling must be"):
         RobertaEncoder(
             "roberta", {"model": str(tiny_roberta), "batch_size": 2, "max_tokens": 8, "pooling": "max"}, False
@@ -202,9 +225,43 @@ def test_bad_encoder_params_are_rejected(params, tiny_roberta):
 
 
 def test_demo_clip_build_is_byte_identical(tmp_path, params):
+    from mmpipe.io import sha256_tree
     from stages import demo_clip
-    from stages.common.io import sha256_tree
 
     a, b = demo_clip.run(params, tmp_path / "a"), demo_clip.run(params, tmp_path / "b")
     assert sha256_tree(a) == sha256_tree(b)  # same weights and the same tokenizer merges
     assert {p.name for p in a.iterdir()} >= {"model.safetensors", "tokenizer.json", "preprocessor_config.json"}
+
+
+def test_interrupted_encoding_resumes_from_the_journal(params, project, tmp_path, monkeypatch):
+    """A stage killed mid-way keeps its committed chunks; the re-run encodes only the rest, same bytes."""
+    from stages.encoders.kinds import SBERTEncoder
+
+    fs = use(params, "sbert", batch_size=16)
+    monkeypatch.setattr(features, "COMMIT_ITEMS", 16)  # a journal commit after every 16-item chunk
+    reference = tmp_path / "reference"
+    shutil.copytree(project, reference)
+    full = features.run("demo", *fs, params, reference)
+
+    real_encode, calls = SBERTEncoder.encode, []
+
+    def dies_on_third_chunk(self, inputs, progress=None):
+        calls.append(len(inputs))
+        if len(calls) == 3:
+            raise KeyboardInterrupt("killed")
+        return real_encode(self, inputs, progress)
+
+    monkeypatch.setattr(SBERTEncoder, "encode", dies_on_third_chunk)
+    with pytest.raises(KeyboardInterrupt):
+        features.run("demo", *fs, params, project)
+    journal = project / "demo/feature_cache/sbert-text.lmdb.journal"
+    assert journal.is_file() and not out(project, "sbert").exists()  # committed chunks, no output yet
+    monkeypatch.setattr(SBERTEncoder, "encode", real_encode)
+
+    resumed = features.run("demo", *fs, params, project)
+    assert resumed["resumed_from_journal"] == 2 * 16
+    assert resumed["encoded"] == full["encoded"] - 2 * 16 and resumed["cache_hits"] == 2 * 16
+    assert out(project, "sbert").read_bytes() == out(reference, "sbert").read_bytes()
+    cache = "demo/feature_cache/sbert-text.lmdb"
+    assert (project / cache).read_bytes() == (reference / cache).read_bytes()
+    assert not journal.exists()

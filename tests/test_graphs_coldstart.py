@@ -9,8 +9,8 @@ import pyarrow.parquet as pq
 import pytest
 import scipy.sparse as sp
 
+from mmpipe.io import read_csr
 from stages import coldstart, features, graphs
-from stages.common.io import read_csr
 
 
 def dense_topk(x: np.ndarray, k: int, include_self: bool) -> list[list[int]]:
@@ -95,12 +95,12 @@ def test_graphs_stage_is_deterministic_and_uses_setting_splits(tmp_path, params,
     for name in ("a", "b"):
         root = tmp_path / name
         shutil.copytree(demo_project / "processed", root)
-        params["features"]["clip_image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
-        for enc in ("sbert", "clip_image"):
-            features.run("demo", enc, params, root)
+        params["features"]["default"]["image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
+        for modality in ("text", "image"):
+            features.run("demo", "default", modality, params, root)
         coldstart.run("demo", params, root)
-        graphs.run("demo", params, root)
-        outs.append(root / "demo/graphs")
+        graphs.run("demo", "default", params, root)
+        outs.append(root / "demo/graphs/default")
     files = sorted(p.relative_to(outs[0]) for p in outs[0].rglob("*.npz"))
     per_setting = ["item_co.npz", "user_co.npz", "user_knn_image.npz", "user_knn_text.npz"]
     expected = [f"cold/{f}" for f in per_setting] + ["knn/image.npz", "knn/text.npz"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from stages.common.http import (
+from stages.sources.http import (
     MAX_DELAY,
     DownloadError,
     ImageJob,

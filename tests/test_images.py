@@ -8,10 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 from PIL import Image
 
+from mmpipe import lmdb_store
+from mmpipe.io import write_parquet
+from mmpipe.schemas import ITEMS
 from stages import images
-from stages.common import lmdb_store
-from stages.common.io import write_parquet
-from stages.common.schemas import ITEMS
 
 
 def jpeg(color: tuple[int, int, int], size: tuple[int, int] = (90, 60)) -> bytes:

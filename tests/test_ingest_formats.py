@@ -16,7 +16,7 @@ import pytest
 
 from stages import ingest
 from stages.common.params import ParamsError
-from stages.sources import formats
+from stages.sources import amazon, formats, records, splits
 from stages.sources.malformed import Malformed
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -30,7 +30,7 @@ def write(path: Path, lines: list[str] | bytes, gz: bool = False) -> Path:
 
 def reviews_of(path: Path, fmt: str = "amazon2014-reviews") -> tuple[list[tuple], Malformed, int]:
     bad = Malformed(path.name)
-    cols = formats.as_review_columns(formats.REVIEW_READERS[fmt](path, bad))
+    cols = records.as_review_columns(formats.REVIEW_READERS[fmt](path, bad))
     rows = list(
         zip(
             cols.user_id.to_pylist(),
@@ -161,18 +161,18 @@ def test_fast_path_and_per_line_fallback_give_the_same_result(tmp_path, monkeypa
         else:
             lines.append(r14(u, i, t, rating=rng.choice([1, 2.5, 5]), reviewText="x" * rng.randrange(50)))
     path = write(tmp_path / "r.json.gz", lines, gz=True)
-    spec = formats.AMAZON2014_REVIEWS
+    spec = amazon.AMAZON2014_REVIEWS
 
     def read(**kw):
         bad = Malformed("r")
-        cols = formats.read_json_reviews(path, bad, spec, **kw)
+        cols = records.read_json_reviews(path, bad, spec, **kw)
         out = (cols.user_id.to_pylist(), cols.item_id.to_pylist(), cols.rating.tolist(), cols.timestamp.tolist())
         return out, bad.as_dict(), cols.lines
 
     default = read()
     # the reference: every line through the per-line rules
     bad = Malformed("r")
-    part = formats.ReviewBlockParser(spec).per_line([s.encode() for s in lines], np.arange(1, len(lines) + 1))
+    part = records.ReviewBlockParser(spec).per_line([s.encode() for s in lines], np.arange(1, len(lines) + 1))
     for line_no, reason in part.bad:
         bad.add(line_no, reason)
     reference = (part.user.to_pylist(), part.item.to_pylist(), part.rating.to_pylist(), part.time.to_pylist())
@@ -180,10 +180,10 @@ def test_fast_path_and_per_line_fallback_give_the_same_result(tmp_path, monkeypa
     assert np.array_equal(np.float32(default[0][2]), np.float32(reference[2]))
     assert default[1] == bad.as_dict() and default[2] == len(lines)
     # tiny blocks and pieces: many pyarrow calls, many rejections; one worker and several
-    monkeypatch.setattr(formats, "PIECE_BYTES", 700)
+    monkeypatch.setattr(records, "PIECE_BYTES", 700)
     for kw in ({"block_size": 4096, "workers": 1}, {"block_size": 1000, "workers": 3}, {"block_size": 50}):
         assert read(**kw) == default, kw
-    assert formats.LAST_READ["r.json.gz"].fallback_pieces > 0
+    assert records.LAST_READ["r.json.gz"].fallback_pieces > 0
 
 
 def test_gzip_members_bom_crlf_and_truncation(tmp_path):
@@ -304,8 +304,8 @@ def test_literal_translation_equals_literal_eval():
         record = {"asin": _random_text(rng), **{_random_text(rng): _random_value(rng) for _ in range(3)}}
         line = repr(record)
         want = ast.literal_eval(line)
-        assert formats.parse_record(line) == want, line
-        text = formats.literal_to_json(line)
+        assert records.parse_record(line) == want, line
+        text = records.literal_to_json(line)
         if text is not None:
             try:
                 got = json.loads(text)
@@ -315,7 +315,7 @@ def test_literal_translation_equals_literal_eval():
             assert got == want, (line, text)
     assert translated > 1000  # most lines go the fast way
     for bad in ["{'a': 1", "{'a': 'x}", "{'a': u'x'}", "{'a': (1,)}", "{'a': 1} # c", "{'a': 'x' 'y'}"]:
-        assert formats.literal_to_json(bad) is None or _json_fails(formats.literal_to_json(bad)), bad
+        assert records.literal_to_json(bad) is None or _json_fails(records.literal_to_json(bad)), bad
 
 
 def _json_fails(text: str) -> bool:
@@ -386,7 +386,7 @@ def test_split_random_keeps_user_time_counts_and_is_seeded(tmp_path, params):
 
 def test_split_leave_one_out():
     user = np.array([0] * 5 + [1] * 2 + [2] * 3, dtype=np.int32)
-    assert ingest.split_leave_one_out(user).tolist() == [0, 0, 0, 1, 2, 0, 0, 0, 1, 2]
+    assert splits.split_leave_one_out(user).tolist() == [0, 0, 0, 1, 2, 0, 0, 0, 1, 2]
 
 
 def test_split_global_time_removes_cold_rows_and_compacts(tmp_path, params):
@@ -409,9 +409,9 @@ def test_split_global_time_removes_cold_rows_and_compacts(tmp_path, params):
 
 def test_split_global_time_cut():
     ts = np.array([5, 1, 2, 3, 4, 6, 7, 8, 9, 10])
-    assert ingest.split_global_time(ts, [0.8, 0.1, 0.1]).tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 2]
+    assert splits.split_global_time(ts, [0.8, 0.1, 0.1]).tolist() == [0, 0, 0, 0, 0, 0, 0, 0, 1, 2]
     ties = np.array([1, 1, 1, 2, 2, 2, 2, 2, 2, 2])  # the 80% cut falls inside the ties at t=2: all later
-    assert ingest.split_global_time(ties, [0.8, 0.1, 0.1]).tolist() == [0, 0, 0] + [2] * 7
+    assert splits.split_global_time(ties, [0.8, 0.1, 0.1]).tolist() == [0, 0, 0] + [2] * 7
 
 
 def test_unknown_split_method_and_format_are_clear_errors(tmp_path, params):
@@ -467,7 +467,7 @@ def test_registered_reader_returning_a_dataframe(tmp_path, params, monkeypatch):
 def test_presplit_sources_are_handed_to_presplit(tmp_path, params, monkeypatch):
     import pyarrow as pa
 
-    from stages.common import schemas
+    from mmpipe import schemas
     from stages.sources import presplit
 
     frame = pd.DataFrame(
@@ -542,7 +542,7 @@ def test_codes_helpers_match_reference_implementations():
         sizes = rng.integers(1, 25, 20)
         user = np.repeat(np.arange(len(sizes)), sizes)
         ratios = [float(x) for x in rng.dirichlet([2, 1, 1])] if trial % 3 else [0.8, 0.1, 0.1]
-        assert ingest.split_user_time(user, ratios).tolist() == _old_split(user, ratios).tolist()
+        assert splits.split_user_time(user, ratios).tolist() == _old_split(user, ratios).tolist()
         # row order: (user, time, item) with unique pairs
         pairs_u = rng.choice(900, size=min(n, 900), replace=False)
         u, i = (pairs_u // 30).astype(np.int32), (pairs_u % 30).astype(np.int32)

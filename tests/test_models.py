@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import shutil
 import subprocess
@@ -13,12 +14,11 @@ import scipy.sparse as sp
 import torch
 import yaml
 
-from models.base import TrainData
-from models.data import load_train_data
-from models.registry import MODELS, get_model
-from models.trainer import NegativeSampler, TrainConfig, fit
+from models.core.base import HParams, TrainData
+from models.core.data import load_train_data
+from models.core.registry import MODELS, all_models, get_model, model_config
+from models.core.trainer import NegativeSampler, TrainConfig, fit
 from stages import coldstart, features, graphs, train
-from stages.train import model_hparams
 from tests.conftest import ROOT
 
 log = logging.getLogger("test")
@@ -48,15 +48,16 @@ def tiny_data(n_users: int = 6, n_items: int = 8, seed: int = 0) -> TrainData:
     )
 
 
-def hp_for(name: str, params: dict, tiny: bool = False) -> dict:
+def hp_for(name: str, params: dict, tiny: bool = False) -> HParams:
     """The model's resolved hyperparameters; on the tiny graphs, neighbour counts cut to TINY_K."""
-    hp = model_hparams(params, name)
+    hp, _ = model_config(name, params["train"][name])
     if tiny:
-        hp.update({k: TINY_K for k in ("knn_k", "user_knn_k", "item_knn_k") if k in hp})
+        hp = dataclasses.replace(hp, **{k: TINY_K for k in ("knn_k", "user_knn_k", "item_knn_k") if hasattr(hp, k)})
     return hp
 
 
-ALL_MODELS = ["bpr", "lightgcn", "vbpr", "itemknn", "lattice", "freedom", "micro", "rearm"]
+ALL_MODELS = ["pop", "bpr", "lightgcn", "vbpr", "itemknn", "lattice", "freedom", "micro", "rearm"]
+TRAINED = [m for m in ALL_MODELS if m not in ("pop", "itemknn")]  # the others rank without training
 # Parameters that get no gradient by construction: FREEDOM's projection biases cancel in the BPR
 # difference; REARM's "knowledge compression" layers are detached in the official code.
 NO_GRADIENT = {"freedom": {"project.image.bias", "project.text.bias"},
@@ -65,8 +66,7 @@ NO_GRADIENT = {"freedom": {"project.image.bias", "project.text.bias"},
 
 
 def test_registry_lists_every_model():
-    get_model("bpr")
-    assert sorted(MODELS) == sorted(ALL_MODELS)
+    assert sorted(all_models()) == sorted(ALL_MODELS) == sorted(MODELS)
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -106,6 +106,15 @@ def test_models_that_claim_cold_items_score_them_from_content(params):
     assert items[cold, :dim].abs().sum() == 0  # the untrained ID half of a cold item is not used
 
 
+def test_pop_ranks_by_training_popularity_and_cannot_score_cold_items():
+    data = tiny_data()
+    pop = get_model("pop")(data, hp_for("pop", {"train": {"pop": {}}}))
+    scores = pop.scorer()(torch.tensor([0, 3]))
+    counts = torch.from_numpy(np.asarray(data.train.sum(axis=0), dtype=np.float32).ravel())
+    assert torch.equal(scores[0], counts) and torch.equal(scores[1], counts)
+    assert scores[0, -1] == 0 and not pop.scores_cold_items and list(pop.parameters()) == []
+
+
 def test_negative_sampler_avoids_positives_and_cold_items():
     data = tiny_data()
     sampler = NegativeSampler(data.train)
@@ -124,11 +133,11 @@ def demo_ready(tmp_path_factory, demo_project):
     root = tmp_path_factory.mktemp("ready") / "processed"
     shutil.copytree(demo_project / "processed", root)
     params = tiny_params()
-    params["features"]["clip_image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
-    for enc in ("sbert", "clip_image"):
-        features.run("demo", enc, params, root)
+    params["features"]["default"]["image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
+    for modality in ("text", "image"):
+        features.run("demo", "default", modality, params, root)
     coldstart.run("demo", params, root)
-    graphs.run("demo", params, root)
+    graphs.run("demo", "default", params, root)
     return root
 
 
@@ -142,10 +151,10 @@ def dataset_loss(model, data: TrainData, seed: int = 5) -> float:
                                 torch.from_numpy(neg).long()))  # fmt: skip
 
 
-@pytest.mark.parametrize("name", [m for m in ALL_MODELS if m != "itemknn"])
+@pytest.mark.parametrize("name", TRAINED)
 def test_one_epoch_lowers_the_loss_on_demo_data(name, params, demo_ready):
     cls = get_model(name)
-    data, split = load_train_data(demo_ready / "demo", "warm", cls.group, params["features"]["modalities"])
+    data, split = load_train_data(demo_ready / "demo", "warm", cls.reads, ("text", "image"), "default")
     torch.manual_seed(0)
     model = cls(data, hp_for(name, params))
     before = dataset_loss(model, data)
@@ -158,7 +167,7 @@ def test_one_epoch_lowers_the_loss_on_demo_data(name, params, demo_ready):
 
 def test_early_stopping_keeps_best_epoch(params, demo_ready):
     cls = get_model("bpr")
-    data, split = load_train_data(demo_ready / "demo", "warm", "id", {})
+    data, split = load_train_data(demo_ready / "demo", "warm", "id")
     model = cls(data, hp_for("bpr", params))
     cfg = TrainConfig(epochs=60, patience=3, batch_size=128, lr=0.05)
     result = fit(model, data, split.valid, cfg, log, progress=False)
@@ -169,11 +178,11 @@ def test_early_stopping_keeps_best_epoch(params, demo_ready):
 
 
 def test_training_is_reproducible_across_processes(params, demo_ready, tmp_path):
-    """Two separate processes (fresh thread pools) give bit-identical weights."""
+    """Two separate processes (fresh thread pools) give bit-identical weights and byte-identical checkpoints."""
     script = (
         "import sys, yaml; from pathlib import Path; from stages import train; "
         "p = yaml.safe_load(open(sys.argv[1])); "
-        "train.run('demo', 'lightgcn', 'warm', 'id', p, Path(sys.argv[2]), Path(sys.argv[3]))"
+        "train.run('demo', 'lightgcn', 'warm', 'id', p, processed=Path(sys.argv[2]), runs=Path(sys.argv[3]))"
     )
     params["train"]["common"].update(epochs=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
@@ -183,30 +192,32 @@ def test_training_is_reproducible_across_processes(params, demo_ready, tmp_path)
     sa = torch.load(tmp_path / "a/demo/lightgcn/warm/model.pt")["state_dict"]
     sb = torch.load(tmp_path / "b/demo/lightgcn/warm/model.pt")["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
+    a, b = (tmp_path / run / "demo/lightgcn/warm/model.pt" for run in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes()  # nothing run-specific (file name, timings) inside
 
 
 def test_model_in_the_wrong_group_is_rejected(params, demo_ready, tmp_path):
     with pytest.raises(ValueError, match=r"model 'vbpr' reads 'feat' inputs.*pipeline.feature_models"):
-        train.run("demo", "vbpr", "warm", "id", params, demo_ready, tmp_path)
+        train.run("demo", "vbpr", "warm", "id", params, processed=demo_ready, runs=tmp_path)
     with pytest.raises(ValueError, match="cannot score cold items"):
-        train.run("demo", "bpr", "cold", "id", params, demo_ready, tmp_path)
-    with pytest.raises(ValueError, match="unknown keys"):
+        train.run("demo", "bpr", "cold", "id", params, processed=demo_ready, runs=tmp_path)
+    with pytest.raises(ValueError, match=r"unknown key 'epochz' \(known: seed, epochs, patience"):
         TrainConfig.from_params({"epochz": 3})
 
 
 def test_rearm_presets_reproduce_the_official_flags(params):
-    params["train"]["rearm"]["preset"] = "sports"
-    hp = model_hparams(params, "rearm")
+    params["train"]["rearm"].update(preset="sports", overrides={})
+    hp, _ = model_config("rearm", params["train"]["rearm"])
     sports = {"num_layer": 5, "reg_weight": 0.05, "rank": 7, "s_drop": 1, "m_drop": 0.2, "u_mm_image_weight": 0,
               "i_mm_image_weight": 0.2, "uu_co_weight": 0.9, "ii_co_weight": 0.2, "user_knn_k": 25, "item_knn_k": 5,
               "n_ii_layers": 2, "n_uu_layers": 2, "cl_tmp": 1.5, "cl_loss_weight": 1e-3, "diff_loss_weight": 5e-4,
               "lr": 5e-5}  # fmt: skip
-    assert {k: hp[k] for k in sports} == sports
+    assert {k: getattr(hp, k) for k in sports} == sports
     params["train"]["rearm"]["overrides"] = {"num_layer": 3}
-    assert model_hparams(params, "rearm")["num_layer"] == 3
+    assert model_config("rearm", params["train"]["rearm"])[0].num_layer == 3
     params["train"]["rearm"]["preset"] = "books"
     with pytest.raises(ValueError, match="preset = 'books'"):
-        model_hparams(params, "rearm")
+        model_config("rearm", params["train"]["rearm"])
 
 
 def test_rearm_attention_dropout_of_one_zeroes_weights_in_training_only():

@@ -19,7 +19,10 @@ import yaml
 
 from tests.conftest import ROOT, tiny_params
 
-PROJECT_FILES = ["stages", "models", "dvc.yaml", "params.yaml", "pyproject.toml", ".dvcignore", ".gitignore"]
+PROJECT_FILES = [
+    "mmpipe", "stages", "models", "dvc.yaml", "params.yaml", "reports/published.yaml", "pyproject.toml", ".dvcignore",
+    ".gitignore",
+]  # fmt: skip
 
 
 class Project:
@@ -52,9 +55,9 @@ class Project:
         proc = subprocess.run(args, cwd=self.path, env=self.env, capture_output=True, text=True, check=True)
         return json.loads(proc.stdout)
 
-    def repro(self) -> set[str]:
-        """Run `dvc repro`; return the names of the stages that ran."""
-        return set(re.findall(r"Running stage '([^']+)'", self.sh("dvc", "repro")))
+    def repro(self, *targets: str) -> set[str]:
+        """Run `dvc repro [targets]`; return the names of the stages that ran."""
+        return set(re.findall(r"Running stage '([^']+)'", self.sh("dvc", "repro", *targets)))
 
     def set_param(self, dotted: str, value) -> None:
         params = yaml.safe_load((self.path / "params.yaml").read_text())
@@ -78,6 +81,7 @@ def copy_project(path: Path, params: dict | None = None) -> Project:
         if src.is_dir():
             shutil.copytree(src, path / name, ignore=shutil.ignore_patterns("__pycache__"))
         else:
+            (path / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, path / name)
     if params is not None:
         (path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
@@ -103,29 +107,36 @@ def test_full_repro_builds_every_output(project):
     assert ran == all_stages(project)
     p = project.path
     for rel in ["raw/demo/MANIFEST.json", "processed/demo/interactions.parquet", "processed/demo/images.lmdb",
-                "processed/demo/features/sbert.parquet", "processed/demo/features/clip_image.lmdb",
-                "processed/demo/graphs/knn/text.npz", "processed/demo/coldstart.parquet",
+                "processed/demo/features/default/text.parquet", "processed/demo/feature_cache/default-image.lmdb",
+                "processed/demo/graphs/default/knn/text.npz", "processed/demo/coldstart.parquet",
                 "reports/results.md", "reports/results.csv"]:  # fmt: skip
         assert (p / rel).is_file(), rel
-    for model, setting in [("bpr", "warm"), ("lightgcn", "warm"), ("vbpr", "warm"), ("vbpr", "cold"),
-                           ("itemknn", "warm"), ("itemknn", "cold")]:  # fmt: skip
-        metrics = json.loads((p / f"runs/demo/{model}/{setting}/metrics.json").read_text())
+    runs = {"bpr/warm", "lightgcn/warm", "vbpr/default/warm", "vbpr/default/cold", "itemknn/default/warm",
+            "itemknn/default/cold"}  # fmt: skip
+    for run in runs:
+        evaluation = json.loads((p / f"runs/demo/{run}/evaluation.json").read_text())
         for name in ("recall", "ndcg", "precision", "map"):
             for k in (5, 10, 20, 50):
-                assert 0.0 <= metrics["test"][f"{name}@{k}"] <= 1.0
-        assert metrics["test"]["recall@50"] >= metrics["test"]["recall@5"]
-        assert metrics["users_evaluated"] > 0
-        assert (p / f"runs/demo/{model}/{setting}/history.csv").read_text().startswith("epoch,")
-    bpr = json.loads((p / "runs/demo/bpr/warm/metrics.json").read_text())
+                assert 0.0 <= evaluation["test"][f"{name}@{k}"] <= 1.0
+        assert evaluation["test"]["recall@50"] >= evaluation["test"]["recall@5"]
+        assert evaluation["users_evaluated"] > 0
+        assert evaluation["valid"]["recall@20"] > 0  # the best validation value beside test
+        assert (p / f"runs/demo/{run}/history.csv").read_text().startswith("epoch,")
+    bpr = json.loads((p / "runs/demo/bpr/warm/evaluation.json").read_text())
     assert "not supported" in bpr["cold_start"]
     assert bpr["test"]["recall@20"] > 20 / 66  # far better than random ranking on the demo's structure
     report = (p / "reports/results.md").read_text()
-    assert all(f"| {m} |" in report for m in ("bpr", "lightgcn", "vbpr", "itemknn"))
+    assert all(f"| {m} |" in report for m in ("bpr", "lightgcn", "vbpr (default)", "itemknn (default)"))
     assert list((p / "reports/plots").glob("*.png"))
     shown = next(iter(project.json("dvc", "metrics", "show", "--json").values()))["data"]  # the workspace
-    for model in ("bpr", "lightgcn", "vbpr", "itemknn"):
-        test = shown[f"runs/demo/{model}/warm/metrics.json"]["data"]["test"]
-        assert {f"{m}@{k}" for m in ("recall", "ndcg", "precision", "map") for k in (5, 10, 20, 50)} <= set(test)
+    # only the runs' headline metrics are DVC metrics: test and best-validation recall/ndcg@20
+    assert set(shown) == {f"runs/demo/{run}/metrics.json" for run in runs} | {
+        "runs/demo/freedom/default/warm/metrics.json",
+    }
+    for run in runs:
+        metrics = shown[f"runs/demo/{run}/metrics.json"]["data"]
+        assert set(metrics) == {"test", "valid"} and set(metrics["test"]) == {"recall@20", "ndcg@20"}
+        assert set(metrics["valid"]) == {"recall@20", "ndcg@20"}
     html = project.sh("dvc", "plots", "show", "-o", "plots_html")
     page = (project.path / "plots_html/index.html").read_text()
     assert "history.csv" in page and "valid_recall@20" in page and "plots_html" in html
@@ -153,23 +164,32 @@ def test_item_knn_k_reruns_graphs_and_graph_models_only(project):
     ran = project.repro()
     graph_models = {s for s in all_stages(project) if re.match(r"(train|evaluate)_graph(_cold)?@", s)}
     assert graph_models, "the demo config enables a graph model"
-    assert ran == {"graphs@demo", "report"} | graph_models
+    assert ran == {"graphs@demo-default", "report"} | graph_models
 
 
 def test_lightgcn_layers_rerun_only_lightgcn_and_report(project):
     project.set_param("train.lightgcn.n_layers", 1)
-    assert project.repro() == {"train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"}
+    # `check` validates every train block before anything else runs; its unchanged output re-runs nothing
+    assert project.repro() == {"check", "train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"}
 
 
 def test_kcore_change_reuses_the_persisted_feature_caches(project):
-    """DVC keeps the LMDB caches (persist: true): after a stricter k-core every item is a cache hit."""
+    """DVC keeps the LMDB caches (persist: true): after a stricter k-core every item is a cache hit.
+
+    Only the feature stages (and what they depend on) are reproduced; going back to the old k-core then
+    re-runs them again, all hits, with the original outputs, so nothing downstream re-runs.
+    """
+    features = ("features@demo-default-text", "features@demo-default-image")
     project.set_param("kcore.item_min", 6)
-    ran = project.repro()
-    assert {"ingest@demo", "text_features@demo-sbert", "image_features@demo-clip_image"} <= ran
+    ran = project.repro(*features)
+    assert {"ingest@demo", *features} <= ran
     assert "download@demo" not in ran and "demo_clip" not in ran
-    for encoder in ("sbert", "clip_text", "clip_image"):
-        stats = json.loads((project.path / f"processed/demo/features/{encoder}.json").read_text())
-        assert stats["encoded"] == 0 and stats["cache_hits"] == stats["with_input"] > 0, encoder
+    for modality in ("text", "image"):
+        stats = json.loads((project.path / f"processed/demo/feature_stats/default-{modality}.json").read_text())
+        assert stats["encoded"] == 0 and stats["cache_hits"] == stats["with_input"] > 0, modality
+    project.set_param("kcore.item_min", 5)
+    assert project.repro() == {"ingest@demo", "images@demo", *features}
+    assert project.repro() == set()
 
 
 def test_push_pull_round_trip_into_a_fresh_clone(project, tmp_path):
@@ -183,14 +203,18 @@ def test_push_pull_round_trip_into_a_fresh_clone(project, tmp_path):
     assert "up to date" in project.sh("dvc", "status", cwd=clone)
     out = project.sh("dvc", "repro", cwd=clone)
     assert "Running stage" not in out
-    for rel in ("processed/demo/features/sbert.lmdb", "runs/demo/vbpr/cold/model.pt", "raw/demo/images"):
+    for rel in (
+        "processed/demo/feature_cache/default-text.lmdb",
+        "runs/demo/vbpr/default/cold/model.pt",
+        "raw/demo/images",
+    ):
         assert (clone / rel).exists(), rel
 
 
 def test_exp_run_with_set_param_and_show(project):
     out = project.sh("dvc", "exp", "run", "-S", "train.lightgcn.n_layers=2")
     assert set(re.findall(r"Running stage '([^']+)'", out)) == {
-        "train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"
+        "check", "train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"
     }  # fmt: skip
     rows = project.json("dvc", "exp", "show", "--json")
     metric = "runs/demo/lightgcn/warm/metrics.json"

@@ -13,9 +13,9 @@ import pyarrow as pa
 import pytest
 from PIL import Image
 
+from mmpipe import schemas
+from mmpipe.io import write_parquet
 from stages import export
-from stages.common import schemas
-from stages.common.io import write_parquet
 from stages.sources import bilibili, presplit
 from stages.sources.malformed import Malformed
 
@@ -325,21 +325,21 @@ def make_processed(root: Path, ds: str) -> tuple[pd.DataFrame, np.ndarray]:
             "has_input": pa.array([True, False, True, True, False, True]),
         }
     )
-    write_parquet(ds_dir / "features" / "enc_img.parquet", features)
+    write_parquet(ds_dir / "features" / "default" / "image.parquet", features)
     return frame, emb
 
 
 def test_export_round_trip(tmp_path):
     processed = tmp_path / "processed"
     frame, emb = make_processed(processed, "toy")
-    params = {"features": {"modalities": {"image": "enc_img", "text": "enc_txt"}}}
-    stats = export.run("toy", params, processed)
-    out = processed / "toy" / "export"
+    params = {"pipeline": {"modalities": ["image"]}}
+    stats = export.run("toy", "default", params, processed)
+    out = processed / "toy" / "export" / "default"
     assert sorted(p.name for p in out.iterdir()) == [
         "export_stats.json", "i_id_mapping.csv", "image_feat.npy", "test.npy", "toy.inter", "train.npy",
         "u_id_mapping.csv", "valid.npy",
     ]  # fmt: skip
-    assert stats["features"]["image"]["items_without_input"] == 2 and "text" in stats["skipped_modalities"]
+    assert stats["features"]["image"]["items_without_input"] == 2 and set(stats["features"]) == {"image"}
     lines = (out / "toy.inter").read_text().splitlines()
     assert lines[0] == "userID\titemID\trating\ttimestamp\tx_label"
     keys = [tuple(int(x) for x in (f[0], f[4], f[1])) for f in (line.split("\t") for line in lines[1:])]
@@ -365,19 +365,19 @@ def test_export_round_trip(tmp_path):
     # Deterministic bytes, and a re-run replaces the folder as a whole.
     before = {p.name: p.read_bytes() for p in out.iterdir()}
     (out / "stale.txt").write_text("x")
-    export.run("toy", params, processed)
+    export.run("toy", "default", params, processed)
     assert {p.name: p.read_bytes() for p in out.iterdir()} == before
-    assert not [p for p in (processed / "toy").iterdir() if p.name.startswith(".")]
+    assert not [p for p in (processed / "toy" / "export").iterdir() if p.name.startswith(".")]
 
 
 def test_export_cli_and_errors(tmp_path, monkeypatch):
     make_processed(tmp_path / "processed", "toy")
-    (tmp_path / "params.yaml").write_text("features:\n  modalities:\n    image: enc_img\n")
+    (tmp_path / "params.yaml").write_text("pipeline:\n  modalities: [image]\n")
     monkeypatch.chdir(tmp_path)
-    assert export.main(["--dataset", "toy"]) == 0
-    assert (tmp_path / "processed/toy/export/image_feat.npy").is_file()
+    assert export.main(["--dataset", "toy", "--feature-set", "default"]) == 0
+    assert (tmp_path / "processed/toy/export/default/image_feat.npy").is_file()
     with pytest.raises(FileNotFoundError, match="interactions.parquet"):
-        export.run("nope", {}, tmp_path / "processed")
+        export.run("nope", "default", {"pipeline": {"modalities": ["image"]}}, tmp_path / "processed")
 
     # Features with the wrong row count stop the export and leave the previous folder in place.
     emb = pa.table(
@@ -387,7 +387,7 @@ def test_export_cli_and_errors(tmp_path, monkeypatch):
             "has_input": pa.array([True, True]),
         }
     )
-    write_parquet(tmp_path / "processed/toy/features/enc_img.parquet", emb)
+    write_parquet(tmp_path / "processed/toy/features/default/image.parquet", emb)
     with pytest.raises(ValueError, match="2 rows, but items.parquet has 6 items"):
-        export.run("toy", {"features": {"modalities": {"image": "enc_img"}}}, tmp_path / "processed")
-    assert np.load(tmp_path / "processed/toy/export/image_feat.npy").shape == (6, 3)
+        export.run("toy", "default", {"pipeline": {"modalities": ["image"]}}, tmp_path / "processed")
+    assert np.load(tmp_path / "processed/toy/export/default/image_feat.npy").shape == (6, 3)

@@ -9,20 +9,22 @@ import pytest
 from stages import report
 
 
-def write_run(root, dataset, model, setting, recall, scores_cold=True, epochs=3):
-    run = root / dataset / model / setting
+def write_run(root, dataset, model, setting, recall, scores_cold=True, epochs=3, feature_set="default"):
+    run = root / dataset / model / feature_set / setting if feature_set else root / dataset / model / setting
     run.mkdir(parents=True)
     metrics = {
         "model": model,
         "setting": setting,
+        "feature_set": feature_set,
         "test": {f"{m}@{k}": recall / k for m in ("recall", "ndcg", "precision", "map") for k in (10, 20)},
+        "valid": {"recall@20": recall / 19, "ndcg@20": recall / 40},
         "users_evaluated": 7,
         "best_epoch": epochs,
         "seconds_per_epoch": 0.5,
         "scores_cold_items": scores_cold,
         "dataset_stats": {"users": 9, "items": 5, "train": 20, "valid": 3, "test": 4},
     }
-    (run / "metrics.json").write_text(json.dumps(metrics))
+    (run / "evaluation.json").write_text(json.dumps(metrics))
     rows = "\n".join(f"{e},0.5,{recall / 20 * e / epochs}" for e in range(1, epochs + 1))
     (run / "history.csv").write_text("epoch,loss,valid_recall@20\n" + rows + "\n")
 
@@ -31,21 +33,31 @@ def test_report_tables_published_numbers_and_plots(tmp_path, params):
     runs = tmp_path / "runs"
     params["pipeline"].update(datasets=["baby"], id_models=["bpr"], feature_models=["vbpr"], graph_models=[])
     params["datasets"] = {"baby": {"source": "mmrec", "published": "mmrec-baby"}}
-    write_run(runs, "baby", "bpr", "warm", 1.0, scores_cold=False)
+    write_run(runs, "baby", "bpr", "warm", 1.0, scores_cold=False, feature_set=None)
     write_run(runs, "baby", "vbpr", "warm", 2.0)
     write_run(runs, "baby", "vbpr", "cold", 0.4)
     write_run(runs, "baby", "lattice", "warm", 9.0)  # not enabled: left out
     text = report.run(params, runs, tmp_path / "reports")
     assert "## baby: warm" in text and "## baby: cold-start" in text
     warm_table = text.split("## baby: warm")[1].split("## baby: cold")[0]
-    assert "| bpr | 0.1000 | 0.0500 |" in warm_table  # recall@10, recall@20
+    assert "| bpr | 0.1000 | 0.0500 | 0.1000 | 0.0500 | 0.0526 |" in warm_table  # recall/ndcg@10/20, valid recall@20
+    assert "| vbpr (default) | 0.2000 |" in warm_table  # a feature-reading model names its feature set
     assert "| 0.0575 | 0.0249 |" in warm_table  # MMRec's published BPR on Baby beside ours
+    assert "enoche/MMRec, evaluation/README.md" in warm_table and "split: MMRec's Baby" in warm_table
     assert "lattice" not in text
     assert "Not evaluated on cold-start items (ID-only, cannot rank unseen items): bpr." in text
     csv_rows = (tmp_path / "reports/results.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("dataset,setting,model,recall@10,recall@20") and len(csv_rows) == 4
+    assert csv_rows[0].startswith("dataset,setting,model,feature_set,recall@10,recall@20") and len(csv_rows) == 4
     plots = sorted(p.name for p in (tmp_path / "reports/plots").iterdir())
     assert plots == ["baby_cold_valid_recall_at_20.png", "baby_warm_valid_recall_at_20.png"]
+
+
+def test_report_names_an_unknown_published_table(tmp_path, params):
+    params["pipeline"].update(datasets=["baby"], id_models=["bpr"])
+    params["datasets"] = {"baby": {"source": "mmrec", "published": "mmrec-babby"}}
+    write_run(tmp_path / "runs", "baby", "bpr", "warm", 1.0, scores_cold=False, feature_set=None)
+    with pytest.raises(ValueError, match=r"published = 'mmrec-babby' is not a table of .*mmrec-baby, mmrec-sports"):
+        report.run(params, tmp_path / "runs", tmp_path / "reports")
 
 
 def test_report_without_runs_says_what_to_do(tmp_path, params):

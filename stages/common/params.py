@@ -1,19 +1,26 @@
-"""Reading `params.yaml`: one place that knows the file's shape and explains what is missing."""
+"""How a stage gets its params and its command line.
+
+Every stage module declares `param_keys(**args)`: the dotted params keys it reads for one stage
+instance (its dataset, model, feature set, ...), exactly the keys dvc.yaml lists under that stage's
+`params:` (a test checks both agree). `declared()` hands the stage a copy of params.yaml holding only
+those keys, so a stage cannot read a key that DVC does not track: it would fail the same way in the
+tests and in `dvc repro`. Each stage then parses its blocks once into typed configs (`mmpipe.config`).
+"""
 
 from __future__ import annotations
 
 import argparse
-from collections.abc import Callable
+import os
+import sys
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-PARAMS_FILE = "params.yaml"
+from mmpipe.config import PARAMS_FILE, ParamsError, UserError
 
-
-class ParamsError(ValueError):
-    """A key is missing from params.yaml or has a value the stage cannot use."""
+__all__ = ["PARAMS_FILE", "ParamsError", "declared", "load_params", "run_stage", "stage_parser"]
 
 
 def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -29,38 +36,75 @@ def load_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
     return data
 
 
-def get(params: dict[str, Any], dotted: str, default: Any = ...) -> Any:
-    """Look up `a.b.c`; without a default, a missing key is an error that names the key."""
+_MISSING = object()
+
+
+def _lookup(params: dict[str, Any], dotted: str) -> Any:
+    """The value at `a.b.c`, or _MISSING."""
     node: Any = params
     for part in dotted.split("."):
         if not isinstance(node, dict) or part not in node:
-            if default is not ...:
-                return default
-            raise ParamsError(f"{PARAMS_FILE}: key '{dotted}' is missing")
+            return _MISSING
         node = node[part]
     return node
 
 
-def stage_args(description: str, *, dataset: bool = True, extra: list[tuple[str, dict]] | None = None):
-    """The command line every stage shares: `--dataset <ds>` and `--params params.yaml`."""
+def declared(params: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
+    """The part of `params` under the given dotted keys (absent keys stay absent), nothing else."""
+    out: dict[str, Any] = {}
+    for dotted in keys:
+        value = _lookup(params, dotted)
+        if value is _MISSING:
+            continue
+        *parents, last = dotted.split(".")
+        node = out
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return out
+
+
+def stage_parser(description: str, *flags: str, optional: Iterable[str] = ()) -> argparse.ArgumentParser:
+    """The command line of a stage: `--<flag> <value>` for each of its instance arguments, `--params`."""
     parser = argparse.ArgumentParser(description=description)
-    if dataset:
-        parser.add_argument("--dataset", required=True, help="dataset name, a key of `datasets` in params")
+    for flag in flags:
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, required=True)
+    for flag in optional:
+        parser.add_argument(f"--{flag.replace('_', '-')}", dest=flag, default=None)
     parser.add_argument("--params", default=PARAMS_FILE, help="params file (default: params.yaml)")
-    for flag, kwargs in extra or []:
-        parser.add_argument(flag, **kwargs)
     return parser
 
 
-def dataset_stage_main(doc: str, run_fn: Callable[[str, dict[str, Any]], object], argv: list[str] | None) -> int:
-    """`python -m stages.<name> --dataset <ds> [--params FILE]` for the per-dataset stages."""
-    args = stage_args(doc.splitlines()[0]).parse_args(argv)
-    run_fn(args.dataset, load_params(args.params))
+# Errors a user causes (bad params, bad or missing input files): one clear line, no traceback.
+EXPECTED_ERRORS: tuple[type[BaseException], ...] = (UserError, FileNotFoundError, ValueError)
+
+
+def run_stage(
+    doc: str,
+    run: Callable[..., object],
+    flags: Iterable[str],
+    argv: list[str] | None = None,
+    optional: Iterable[str] = (),
+    *,
+    param_keys: Callable[..., list[str]],
+) -> int:
+    """`python -m stages.<name> --dataset <ds> ...`: parse, load params, run; expected errors exit 2.
+
+    `flags` are required instance arguments, `optional` ones default to None (e.g. the feature set of a
+    model that reads no features). The stage gets only the params keys `param_keys(**instance args)`
+    names, the keys dvc.yaml tracks for it, so reading any other key fails here exactly as in the tests.
+    Set MMPIPE_DEBUG=1 to see the traceback of an expected error too.
+    """
+    flags, optional = list(flags), list(optional)
+    args = stage_parser(doc.strip().splitlines()[0], *flags, optional=optional).parse_args(argv)
+    instance = {f: getattr(args, f) for f in flags + optional}
+    try:
+        params = declared(load_params(args.params), param_keys(**instance))
+        run(**instance, params=params)
+    except EXPECTED_ERRORS as exc:
+        if os.environ.get("MMPIPE_DEBUG") == "1":
+            raise
+        message = str(exc).strip() or type(exc).__name__
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     return 0
-
-
-def dataset_params(params: dict[str, Any], name: str) -> dict[str, Any]:
-    datasets = params.get("datasets") or {}
-    if name not in datasets:
-        raise ParamsError(f"{PARAMS_FILE}: dataset '{name}' is not defined under 'datasets' (have {sorted(datasets)})")
-    return datasets[name]

@@ -52,8 +52,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from stages.common.io import write_bytes
-from stages.common.log import get_logger
+from mmpipe.io import write_bytes
+from mmpipe.log import get_logger
 from stages.sources.malformed import Malformed
 
 log = get_logger("ingest")

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from stages.common.log import get_logger
+from mmpipe.log import get_logger
 
 log = get_logger("ingest")
 

@@ -1,0 +1,108 @@
+"""Stage `check`: validate params.yaml against what the code declares, before any other stage runs.
+
+DVC looks a stage's params up only when it reaches the stage, so a typo in a `pipeline:` list
+(`id_models: [lightgnc]`) would surface as DVC's bare "Parameters 'train.lightgnc' are missing", after
+hours of upstream work. Every `download` stage depends on this stage's output, so `dvc repro` runs it
+first; it checks, with messages naming the key, the value and what is allowed:
+
+* the `pipeline:` lists: known datasets, feature sets with an encoder for every modality, known models
+  in the list of the group they read, only cold-capable models in the cold lists;
+* every enabled dataset's `datasets.<ds>` block, every encoder block, every listed model's
+  `train.<model>` block (unknown keys, types, ranges) and the training protocol per dataset;
+* that a model asking for a modality (`train.<model>.modalities`) gets one the pipeline has.
+
+Its output `processed/params.checked` never changes (it only says the check passed), so a params
+edit re-runs this stage but nothing downstream because of it.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+from mmpipe.config import ParamsError
+from mmpipe.io import write_text
+from mmpipe.log import get_logger
+from mmpipe.paths import PROCESSED
+from models.core.registry import get_model, model_config, model_names
+from models.core.trainer import TrainConfig
+from stages import features
+from stages.common import pipeline
+from stages.common.datasets import dataset_config
+from stages.common.params import declared, run_stage
+
+log = get_logger("check")
+
+OUT = PROCESSED / "params.checked"
+CONTENT = "params.yaml passed `python -m stages.check`\n"
+
+
+def param_keys() -> list[str]:
+    return ["pipeline", "datasets", "features", "train"]
+
+
+def check_models(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> int:
+    """Every listed model: known, in its group's list, cold-capable where cold, its params block valid."""
+    train = params.get("train") or {}
+    checked = 0
+    for list_name, (group, setting) in pipeline.MODEL_LISTS.items():
+        for name in getattr(cfg, list_name):
+            if name not in model_names():
+                raise ParamsError(
+                    f"params.yaml: pipeline.{list_name} names model {name!r}, which does not exist; "
+                    f"models: {', '.join(model_names())}"
+                )
+            cls = get_model(name)
+            pipeline.check_group(name, cls.reads, group)
+            if setting == "cold" and not cls.scores_cold_items:
+                raise ParamsError(
+                    f"params.yaml: pipeline.{list_name} names {name!r}, which cannot score cold items "
+                    f"(it reads item IDs only); list it in the warm lists only"
+                )
+            if name not in train:
+                raise ParamsError(
+                    f"params.yaml: model {name!r} is listed in pipeline.{list_name} but has no train.{name} block"
+                )
+            hp, trainer = model_config(name, train[name])
+            wanted = getattr(hp, "modalities", None) or ()
+            missing = [m for m in wanted if m not in cfg.modalities]
+            if group != "id" and missing:
+                raise ParamsError(
+                    f"params.yaml: train.{name}.modalities asks for {', '.join(missing)}, which pipeline.modalities "
+                    f"({', '.join(cfg.modalities)}) does not have"
+                )
+            for dataset in cfg.datasets:
+                per_dataset = (train.get("datasets") or {}).get(dataset)
+                TrainConfig.from_params(
+                    train.get("common"), per_dataset, trainer, where=f"train (for {dataset}/{name})"
+                )
+            checked += 1
+    return checked
+
+
+def run(params: dict[str, Any], out: Path = OUT) -> Path:
+    params = declared(params, param_keys())
+    cfg = pipeline.PipelineConfig.parse(params.get("pipeline"), "pipeline")
+    for dataset in cfg.datasets:
+        dataset_config(params, dataset)
+    encoders = 0
+    for feature_set in cfg.feature_sets:
+        for modality in cfg.modalities:
+            features.read_config(params, feature_set, modality)
+            encoders += 1
+    models = check_models(cfg, params)
+    write_text(out, CONTENT)
+    log.info(
+        "params.yaml: %d datasets, %d feature sets x %d modalities (%d encoders), %d model runs per dataset: valid",
+        len(cfg.datasets), len(cfg.feature_sets), len(cfg.modalities), encoders, models,
+    )  # fmt: skip
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(__doc__, run, (), argv, param_keys=param_keys)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

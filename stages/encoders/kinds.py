@@ -1,0 +1,304 @@
+"""Item encoders, one registry: text or images in, one float32 vector per input out.
+
+| kind         | loads                                        | output                                          |
+|--------------|----------------------------------------------|-------------------------------------------------|
+| `sbert`      | `SentenceTransformer(name or path)`          | the model's sentence embedding                  |
+| `roberta`    | `AutoModel` + `AutoTokenizer` (RoBERTa, XLM-R) | mean over non-padding tokens, or the CLS token |
+| `clip_text`  | `CLIPModel` + its tokenizer                  | projected text embedding                        |
+| `clip_image` | `CLIPModel` + `CLIPImageProcessor`           | projected image embedding                       |
+| `precomputed`| nothing: features a source ships (ingest's `shipped/<role>.parquet`) |                         |
+
+One params block per (feature set, modality), `features.<set>.<modality>`, parsed into an
+`EncoderConfig`: `kind`, `model` (hub name or local directory), `batch_size`, `dtype` (float32,
+bfloat16, float16), `normalize` (L2); text kinds also `max_tokens` and `template` (the item fields
+rendered into the text); roberta `pooling`; precomputed `role`. A key that does not apply to the
+kind is an error. Encoding runs under `torch.inference_mode`; text is batched by sorted token length so
+padding stays small; images are decoded and preprocessed in a background thread while the model
+encodes the previous batch. A model that is neither a local directory nor reachable on the hub
+raises ModelUnavailable with the model's name and how to point the param at a local copy.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal, Self
+
+import numpy as np
+import torch
+
+from mmpipe.config import Config, ParamsError, param
+from mmpipe.hf import ModelUnavailable, offline_hint, resolve_model
+from mmpipe.io import sha256_tree
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+MMREC_TEMPLATE = "{title} {brand} {categories} {description}"  # MMRec's item text
+COMMON_KEYS = ("kind", "model", "batch_size", "dtype", "normalize")
+TEXT_KEYS = (*COMMON_KEYS, "max_tokens", "template")
+KIND_KEYS = {
+    "sbert": TEXT_KEYS,
+    "roberta": (*TEXT_KEYS, "pooling"),
+    "clip_text": TEXT_KEYS,
+    "clip_image": COMMON_KEYS,
+    "precomputed": ("kind", "role"),
+}
+
+
+@dataclass(frozen=True)
+class EncoderConfig(Config):
+    """One `features.<set>.<modality>` block."""
+
+    kind: str = param(doc="sbert, roberta, clip_text, clip_image or precomputed")
+    model: str | None = param(None, doc="hub name or local directory (raw/encoders/...)")
+    batch_size: int = param(64, ge=1)
+    dtype: Literal["float32", "bfloat16", "float16"] = param("float32")
+    normalize: bool = param(False)
+    max_tokens: int = param(128, ge=1)
+    template: str = param(MMREC_TEMPLATE, doc="item fields in braces: title, brand, categories, description")
+    pooling: str = param("mean")
+    role: str | None = param(None, doc="the shipped features' role in ingest's shipped/ folder")
+
+    @classmethod
+    def parse(cls, block: Any, where: str) -> Self:
+        kind = block.get("kind") if isinstance(block, dict) else None
+        if kind not in KIND_KEYS:
+            raise ParamsError(f"params.yaml: {where}.kind = {kind!r}; known kinds: {', '.join(KIND_KEYS)}")
+        extra = sorted(set(block) - set(KIND_KEYS[kind]))
+        if extra:
+            raise ParamsError(
+                f"params.yaml: {where}: key{'s' if len(extra) > 1 else ''} {', '.join(extra)} do not apply to kind "
+                f"{kind!r} (its keys: {', '.join(KIND_KEYS[kind])})"
+            )
+        return super().parse(block, where)
+
+    def check(self, where: str) -> None:
+        if self.kind == "precomputed":
+            if not self.role:
+                raise ParamsError(f"params.yaml: {where}.role (the shipped features' role) is missing")
+            return
+        if not self.model:
+            raise ParamsError(f"params.yaml: key '{where}.model' is missing (a hub name or a local directory)")
+        if self.pooling not in ("mean", "cls"):
+            raise ParamsError(f"params.yaml: {where}.pooling must be 'mean' or 'cls', got {self.pooling!r}")
+
+    @property
+    def modality(self) -> str:
+        """What the kind encodes ('text' or 'image'); precomputed features carry their role's modality."""
+        if self.kind == "precomputed":
+            return str(self.role).removesuffix("_feat").removesuffix("_features")
+        return ENCODERS[self.kind].modality
+
+
+def pick_output(out: Any, *names: str) -> torch.Tensor:
+    """A tensor result, or the first named field of a transformers output object (5.x returns objects)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in names:
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    raise TypeError(f"model output {type(out).__name__} has none of {names}")
+
+
+class Encoder:
+    """Base: loads the model named in the params block; subclasses implement `_load` and `encode`."""
+
+    kind: ClassVar[str]
+    modality: ClassVar[str]  # "text" or "image"
+
+    def __init__(self, name: str, cfg: EncoderConfig | dict[str, Any], allow_download: bool) -> None:
+        """`name` is the params path of the block (e.g. features.default.text), for messages."""
+        if not isinstance(cfg, EncoderConfig):
+            cfg = EncoderConfig.parse({"kind": self.kind, **cfg}, name)
+        self.name, self.cfg = name, cfg
+        self.ref = str(cfg.model)
+        self.batch_size = cfg.batch_size
+        self.normalize = cfg.normalize
+        self.dtype = DTYPES[cfg.dtype]
+        self.path, self.local = resolve_model(self.ref)
+        try:
+            self._load(cfg, local_only=not allow_download)
+        except ParamsError:
+            raise
+        except (OSError, ValueError) as exc:
+            if self.local:
+                raise
+            raise ModelUnavailable(offline_hint(f"{name}.model", self.ref)) from exc
+        self.fingerprint_parts: dict[str, Any] = {
+            "kind": self.kind,
+            "weights": sha256_tree(self.path) if self.local else self.ref,
+            "dtype": cfg.dtype,
+            "normalize": self.normalize,
+            **self._fingerprint_extra(cfg),
+        }
+
+    def _load(self, cfg: EncoderConfig, local_only: bool) -> None:
+        raise NotImplementedError
+
+    def _fingerprint_extra(self, cfg: EncoderConfig) -> dict[str, Any]:
+        return {}
+
+    def encode(self, inputs: Sequence[Any], progress: Callable[[int], Any] | None = None) -> np.ndarray:
+        raise NotImplementedError
+
+    def _finish(self, emb: torch.Tensor) -> np.ndarray:
+        emb = emb.float()
+        if self.normalize:
+            emb = torch.nn.functional.normalize(emb, dim=-1)
+        return emb.numpy()
+
+
+class SBERTEncoder(Encoder):
+    """Sentence-transformers models (default all-MiniLM-L6-v2, shipped offline by a PyPI package)."""
+
+    kind = "sbert"
+    modality = "text"
+
+    def _load(self, cfg: EncoderConfig, local_only: bool) -> None:
+        from sentence_transformers import SentenceTransformer
+
+        try:
+            self.model = SentenceTransformer(self.path, device="cpu", local_files_only=local_only)
+        except Exception as exc:  # sentence-transformers wraps hub errors in several types
+            raise OSError(str(exc)) from exc
+        self.model.max_seq_length = cfg.max_tokens
+        self.model.to(self.dtype)
+
+    def _fingerprint_extra(self, cfg: EncoderConfig) -> dict[str, Any]:
+        return {"max_tokens": self.model.max_seq_length}
+
+    def encode(self, inputs: Sequence[str], progress: Callable[[int], Any] | None = None) -> np.ndarray:
+        # sentence-transformers sorts by length itself; normalisation is applied after, in float32.
+        with torch.inference_mode():
+            emb = self.model.encode(
+                list(inputs), batch_size=self.batch_size, convert_to_tensor=True, show_progress_bar=False
+            )
+        if progress:
+            progress(len(inputs))
+        return self._finish(emb.cpu())
+
+
+class _TokenizedTextEncoder(Encoder):
+    """Shared by the transformers text encoders: tokenise once, batch by sorted length, pad per batch."""
+
+    modality = "text"
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        raise NotImplementedError
+
+    def encode(self, inputs: Sequence[str], progress: Callable[[int], Any] | None = None) -> np.ndarray:
+        encoded = self.tokenizer(list(inputs), truncation=True, max_length=self.max_tokens, padding=False)
+        ids = encoded["input_ids"]
+        order = sorted(range(len(ids)), key=lambda i: (len(ids[i]), i))
+        out: np.ndarray | None = None
+        with torch.inference_mode():
+            for start in range(0, len(order), self.batch_size):
+                rows = order[start : start + self.batch_size]
+                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+                emb = self._finish(self._forward(dict(batch)))
+                if out is None:
+                    out = np.zeros((len(ids), emb.shape[1]), dtype=np.float32)
+                out[rows] = emb
+                if progress:
+                    progress(len(rows))
+        return out if out is not None else np.zeros((0, 0), dtype=np.float32)
+
+
+class RobertaEncoder(_TokenizedTextEncoder):
+    """RoBERTa / XLM-RoBERTa (as PMMRec uses) through AutoModel: mean or CLS pooling."""
+
+    kind = "roberta"
+
+    def _load(self, cfg: EncoderConfig, local_only: bool) -> None:
+        from transformers import AutoModel, AutoTokenizer
+
+        self.pooling = cfg.pooling
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local_only)
+        self.model = AutoModel.from_pretrained(self.path, local_files_only=local_only).to(self.dtype).eval()
+        limit = int(getattr(self.model.config, "max_position_embeddings", 514)) - 2
+        self.max_tokens = min(cfg.max_tokens, limit)
+
+    def _fingerprint_extra(self, cfg: EncoderConfig) -> dict[str, Any]:
+        return {"max_tokens": self.max_tokens, "pooling": self.pooling}
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        hidden = self.model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).last_hidden_state
+        if self.pooling == "cls":
+            return hidden[:, 0]
+        mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(dim=1) / mask.sum(dim=1).clamp(min=1)
+
+
+class ClipTextEncoder(_TokenizedTextEncoder):
+    """The text tower of a CLIPModel: projected text embeddings."""
+
+    kind = "clip_text"
+
+    def _load(self, cfg: EncoderConfig, local_only: bool) -> None:
+        from transformers import AutoTokenizer, CLIPModel
+
+        self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local_only)
+        self.model = CLIPModel.from_pretrained(self.path, local_files_only=local_only).to(self.dtype).eval()
+        self.max_tokens = min(cfg.max_tokens, int(self.model.config.text_config.max_position_embeddings))
+
+    def _fingerprint_extra(self, cfg: EncoderConfig) -> dict[str, Any]:
+        return {"max_tokens": self.max_tokens}
+
+    def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        out = self.model.get_text_features(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"])
+        return pick_output(out, "text_embeds", "pooler_output")
+
+
+class ClipImageEncoder(Encoder):
+    """The image tower of a CLIPModel: projected image embeddings of JPEG bytes."""
+
+    kind = "clip_image"
+    modality = "image"
+
+    def _load(self, cfg: EncoderConfig, local_only: bool) -> None:
+        from transformers import CLIPImageProcessor, CLIPModel
+
+        self.model = CLIPModel.from_pretrained(self.path, local_files_only=local_only).to(self.dtype).eval()
+        self.processor = CLIPImageProcessor.from_pretrained(self.path, local_files_only=local_only)
+
+    def _fingerprint_extra(self, cfg: EncoderConfig) -> dict[str, Any]:
+        import json
+
+        return {"processor": json.loads(self.processor.to_json_string())}
+
+    def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Projected embeddings; transformers 5 returns an output object, 4.x a tensor."""
+        emb = pick_output(self.model.get_image_features(pixel_values=pixel_values), "image_embeds", "pooler_output")
+        if emb.shape[-1] != self.model.config.projection_dim:
+            raise RuntimeError(
+                f"CLIP image features have dim {emb.shape[-1]}, expected projection {self.model.config.projection_dim}"
+            )
+        return emb
+
+    def _pixels(self, jpegs: Sequence[bytes]) -> torch.Tensor:
+        from PIL import Image
+
+        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in jpegs]
+        return self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.dtype)
+
+    def encode(self, inputs: Sequence[bytes], progress: Callable[[int], Any] | None = None) -> np.ndarray:
+        starts = list(range(0, len(inputs), self.batch_size))
+        out = np.zeros((len(inputs), self.model.config.projection_dim), dtype=np.float32)
+        with ThreadPoolExecutor(max_workers=1) as decoder, torch.inference_mode():
+            upcoming = decoder.submit(self._pixels, inputs[0 : self.batch_size]) if starts else None
+            for n, start in enumerate(starts):
+                pixels = upcoming.result()
+                if n + 1 < len(starts):  # decode the next batch while this one runs through the model
+                    nxt = starts[n + 1]
+                    upcoming = decoder.submit(self._pixels, inputs[nxt : nxt + self.batch_size])
+                out[start : start + len(pixels)] = self._finish(self.image_features(pixels))
+                if progress:
+                    progress(len(pixels))
+        return out
+
+
+ENCODERS: dict[str, type[Encoder]] = {
+    cls.kind: cls for cls in (SBERTEncoder, RobertaEncoder, ClipTextEncoder, ClipImageEncoder)
+}

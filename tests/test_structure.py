@@ -1,0 +1,206 @@
+"""One home for every fact: dvc.yaml, params.yaml and the code's declarations must agree.
+
+* each stage's code deps in dvc.yaml are exactly its import closure (tests/code_deps.py), so an edit
+  re-runs exactly the stages that run the edited code;
+* each stage's `params:` in dvc.yaml are exactly the keys its module declares (`param_keys`), the only
+  keys the stage is handed (stages.common.params.run_stage);
+* the `pipeline:` model lists agree with what each model file declares (`reads`, `scores_cold_items`,
+  its HParams), and dvc.yaml's model stage groups iterate over the list of their group;
+* models never import from stages/.
+
+Each check is a function returning the problems it finds, tested twice: clean on the real files, and
+failing on a copy with one planted inconsistency.
+"""
+
+from __future__ import annotations
+
+import copy
+import importlib
+import re
+import shlex
+from typing import Any
+
+import pytest
+import yaml
+
+from models.core.registry import all_models, model_names
+from stages import check
+from stages.common.pipeline import MODEL_LISTS
+from tests import code_deps
+from tests.conftest import ROOT
+
+CODE_ROOTS = ("mmpipe", "models", "stages")
+
+
+def load_dvc_yaml() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+
+
+def load_params() -> dict[str, Any]:
+    return yaml.safe_load((ROOT / "params.yaml").read_text())
+
+
+def stage_body(stage: dict[str, Any]) -> dict[str, Any]:
+    return stage.get("do", stage)
+
+
+def command(stage: dict[str, Any]) -> tuple[str, dict[str, str]]:
+    """(stage module, {flag: value}) of `python -m stages.<module> --flag value ...`."""
+    words = shlex.split(stage_body(stage)["cmd"])
+    assert words[:2] == ["python", "-m"] and words[2].startswith("stages."), words
+    flags = {words[i][2:].replace("-", "_"): words[i + 1] for i in range(3, len(words), 2)}
+    return words[2].removeprefix("stages."), flags
+
+
+def dep_paths(stage: dict[str, Any]) -> list[str]:
+    return [d if isinstance(d, str) else next(iter(d)) for d in stage_body(stage).get("deps", [])]
+
+
+def code_dep_problems(dvc: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, stage in dvc["stages"].items():
+        module, _ = command(stage)
+        listed = sorted(d for d in dep_paths(stage) if d.split("/")[0] in CODE_ROOTS)
+        if module in code_deps.MODEL_STAGES:
+            if "models/${item.model}.py" not in listed:
+                problems.append(f"{name}: models/${{item.model}}.py missing from deps")
+            # every model a list may name: its file plus what it imports must be covered by the stage's deps
+            for model in model_names():
+                expected = code_deps.stage_code(module, model)
+                got = sorted(d.replace("${item.model}", model) for d in listed)
+                if got != expected:
+                    problems.append(f"{name} with model {model}: code deps {got}, its imports need {expected}")
+                    break
+        else:
+            expected = code_deps.stage_code(module)
+            if listed != expected:
+                missing = sorted(set(expected) - set(listed))
+                extra = sorted(set(listed) - set(expected))
+                problems.append(f"{name}: code deps missing {missing}, not imported {extra} (expected {expected})")
+    return problems
+
+
+def params_problems(dvc: dict[str, Any]) -> list[str]:
+    problems = []
+    for name, stage in dvc["stages"].items():
+        module, flags = command(stage)
+        declared = importlib.import_module(f"stages.{module}").param_keys(**flags)
+        listed = [p for p in stage_body(stage).get("params", [])]
+        if sorted(listed) != sorted(declared):
+            problems.append(
+                f"{name}: dvc.yaml params {sorted(listed)}, stages/{module}.py param_keys {sorted(declared)}"
+            )
+    return problems
+
+
+def model_group_problems(dvc: dict[str, Any], params: dict[str, Any]) -> list[str]:
+    """The model lists against the model files, and dvc.yaml's model stages against the lists."""
+    problems = []
+    models = all_models()
+    for list_name, (group, setting) in MODEL_LISTS.items():
+        for model in params["pipeline"][list_name]:
+            cls = models.get(model)
+            if cls is None:
+                problems.append(f"pipeline.{list_name}: unknown model {model!r}")
+            elif cls.reads != group:
+                problems.append(f"pipeline.{list_name}: {model} reads {cls.reads!r}, the list's group is {group!r}")
+            elif setting == "cold" and not cls.scores_cold_items:
+                problems.append(f"pipeline.{list_name}: {model} cannot score cold items")
+    seen = set()
+    for name, stage in dvc["stages"].items():
+        module, flags = command(stage)
+        if module not in code_deps.MODEL_STAGES:
+            continue
+        group, setting = flags["group"], flags["setting"]
+        lists = [n for n, key in MODEL_LISTS.items() if key == (group, setting)]
+        matrix = stage.get("matrix", {})
+        if matrix.get("model") != f"${{pipeline.{lists[0]}}}":
+            problems.append(
+                f"{name}: iterates over {matrix.get('model')}, group {group}/{setting} is pipeline.{lists[0]}"
+            )
+        if (group == "id") == ("feature_set" in flags):
+            problems.append(f"{name}: --feature-set must be given exactly for models that read features")
+        seen.add((module, group, setting))
+    for group, setting in MODEL_LISTS.values():
+        for module in code_deps.MODEL_STAGES:
+            if (module, group, setting) not in seen:
+                problems.append(f"dvc.yaml has no {module} stage for group {group}/{setting}")
+    return problems
+
+
+def test_code_deps_are_the_import_closure():
+    assert code_dep_problems(load_dvc_yaml()) == []
+
+
+def test_code_deps_check_catches_a_missing_and_an_extra_file():
+    dvc = load_dvc_yaml()
+    planted = copy.deepcopy(dvc)
+    deps = planted["stages"]["coldstart"]["do"]["deps"]
+    deps.remove("stages/coldstart.py")
+    deps.append("stages/common/pipeline.py")
+    found = code_dep_problems(planted)
+    assert len(found) == 1 and "coldstart" in found[0] and "stages/coldstart.py" in found[0]
+    assert "stages/common/pipeline.py" in found[0]
+    planted = copy.deepcopy(dvc)
+    planted["stages"]["train_graph"]["deps"].remove("models/core")
+    assert any(p.startswith("train_graph with model") for p in code_dep_problems(planted))
+
+
+def test_stage_params_are_the_declared_keys():
+    assert params_problems(load_dvc_yaml()) == []
+
+
+def test_params_check_catches_an_undeclared_key():
+    planted = load_dvc_yaml()
+    planted["stages"]["graphs"]["params"].append("coldstart")
+    found = params_problems(planted)
+    assert len(found) == 1 and found[0].startswith("graphs:") and "coldstart" in found[0]
+
+
+def test_model_lists_match_the_model_files_and_dvc_yaml():
+    assert model_group_problems(load_dvc_yaml(), load_params()) == []
+    check.run(load_params(), out=ROOT / ".pytest_cache" / "params.checked")  # the stage that gates `dvc repro`
+
+
+def test_model_group_check_catches_a_misplaced_model_and_a_wrong_list():
+    dvc, params = load_dvc_yaml(), load_params()
+    params["pipeline"]["id_models"].append("vbpr")
+    params["pipeline"]["cold_feature_models"].append("bpr")
+    dvc["stages"]["train_feat_cold"]["matrix"]["model"] = "${pipeline.feature_models}"
+    found = model_group_problems(dvc, params)
+    assert any("id_models: vbpr reads 'feat'" in p for p in found)
+    assert any(p.startswith("pipeline.cold_feature_models: bpr reads 'id'") for p in found)
+    assert any(p.startswith("train_feat_cold: iterates over ${pipeline.feature_models}") for p in found)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("pipeline.id_models", ["bpr", "lightgnc"], r"names model 'lightgnc', which does not exist; models: bpr,"),
+        ("pipeline.id_models", ["bpr", "vbpr"], r"'vbpr' reads 'feat' inputs, so it belongs in pipeline.feature_mod"),
+        ("pipeline.cold_graph_models", ["itemknn", "itemknn"], r"cold_graph_models lists itemknn more than once"),
+        ("pipeline.datasets", ["demo", "dmeo"], r"no block datasets.dmeo .*datasets: demo, baby"),
+        ("pipeline.feature_sets", ["default", "clipp"], r"key 'features.clipp.text' is missing"),
+        ("train.lightgcn", {"n_layers": 2, "n_layer": 3}, r"lightgcn has unknown key 'n_layer' \(known: embedding_"),
+        ("train.lightgcn", {"n_layers": "two"}, r"train.lightgcn.n_layers = 'two': expected an integer"),
+        ("train.vbpr", {"modalities": ["text", "audio"]}, r"train.vbpr.modalities asks for audio"),
+    ],
+)  # fmt: skip
+def test_check_stage_names_the_key_and_what_is_allowed(key, value, message):
+    params = load_params()
+    *parents, last = key.split(".")
+    node = params
+    for part in parents:
+        node = node[part]
+    node[last] = value
+    with pytest.raises(ValueError, match=message):
+        check.run(params, out=ROOT / ".pytest_cache" / "params.checked")
+
+
+def test_models_never_import_stages():
+    offenders = []
+    for path in sorted((ROOT / "models").rglob("*.py")):
+        text = path.read_text()
+        if re.search(r"^\s*(from|import) stages\b", text, re.MULTILINE):
+            offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []
