@@ -24,7 +24,7 @@ from mmpipe.threads import use_threads
 from models.core.data import load_train_data
 from models.core.registry import all_models, get_model, model_config
 from models.core.trainer import TrainConfig, fit
-from stages import coldstart, demo_clip, download, features, graphs, images, ingest
+from stages import coldstart, demo_encoder, download, features, graphs, images, ingest
 from stages.common.params import load_params
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +34,7 @@ def build_demo(tmp: Path, params: dict) -> Path:
     download.run("demo", params, tmp / "raw")
     ingest.run("demo", params, tmp / "raw", tmp / "processed")
     images.run("demo", params, tmp / "raw", tmp / "processed")
-    demo_clip.run(params, tmp / "raw/encoders/demo-clip")
+    demo_encoder.run("demo-clip", params, tmp / "raw/encoders/demo-clip")
     for modality, block in params["features"]["default"].items():
         if block.get("model") == "raw/encoders/demo-clip":
             block["model"] = str(tmp / "raw/encoders/demo-clip")

@@ -21,8 +21,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = [
-    "mmpipe", "stages", "models", "dvc.yaml", "params.yaml", "reports/published.yaml", "pyproject.toml", ".dvcignore",
-    ".gitignore",
+    "mmpipe", "stages", "models", "dvc.yaml", "params.yaml", "reports/published.yaml", "raw/encoders/README.md",
+    "pyproject.toml", ".dvcignore", ".gitignore",
 ]  # fmt: skip
 
 

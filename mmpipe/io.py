@@ -95,9 +95,9 @@ def read_json(path: str | Path) -> Any:
         raise ValueError(f"{path}: line {exc.lineno}: invalid JSON: {exc.msg}") from None
 
 
-def write_parquet(target: str | Path, table: pa.Table) -> None:
-    """Write a Parquet file without pandas metadata, so bytes depend only on the data."""
-    table = table.replace_schema_metadata(None)
+def write_parquet(target: str | Path, table: pa.Table, metadata: dict[str, str] | None = None) -> None:
+    """Write a Parquet file without pandas metadata, so bytes depend only on the data (and `metadata`)."""
+    table = table.replace_schema_metadata(metadata)
     with atomic_path(target) as tmp:
         pq.write_table(table, tmp, compression="zstd", compression_level=3, write_statistics=True)
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 RAW = Path("raw")
+ENCODERS = RAW / "encoders"  # local model weights: the demo encoders, and real weights placed by hand
 PROCESSED = Path("processed")
 RUNS = Path("runs")
 REPORTS = Path("reports")

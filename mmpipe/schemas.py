@@ -7,10 +7,12 @@ the reading stage with a message naming the file and the column.
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mmpipe.io import read_parquet, write_parquet
 
@@ -49,6 +51,39 @@ def features_schema(dim: int) -> pa.Schema:
             ("has_input", pa.bool_()),  # false: the item had no input; its row holds the fill value
         ]
     )
+
+
+# interactions/items/users.parquet (and coldstart.parquet, made from them) carry the id of the ingest run
+# that wrote them in their Parquet metadata: readers check they belong together, so a crash between
+# ingest's renames, or a stage run by hand, can never pair new interactions with old items.
+INGEST_ID = "mmpipe.ingest_id"
+
+
+def ingest_id(interactions: pa.Table, item_ids: list[str], user_ids: list[str]) -> str:
+    """A content hash of an ingest run's output: the interactions and the item and user id lists."""
+    digest = hashlib.sha256()
+    for name in INTERACTIONS.names:
+        digest.update(np.ascontiguousarray(interactions.column(name).to_numpy()).tobytes())
+    for ids in (item_ids, user_ids):
+        digest.update("\n".join(ids).encode("utf-8") + b"\0")
+    return digest.hexdigest()[:16]
+
+
+def read_ingest_id(path: str | Path) -> str | None:
+    metadata = pq.read_schema(path).metadata or {}
+    value = metadata.get(INGEST_ID.encode())
+    return value.decode() if value is not None else None
+
+
+def check_same_ingest(*paths: str | Path) -> None:
+    """Stop when files that must come from one ingest run carry different ingest ids (none: not checked)."""
+    found = {Path(p): read_ingest_id(p) for p in paths}
+    ids = {v for v in found.values() if v is not None}
+    if len(ids) > 1:
+        listing = ", ".join(f"{p} ({v or 'no id'})" for p, v in found.items())
+        raise ValueError(
+            f"{listing}: written by different ingest runs; re-run ingest (and the stages after it) for this dataset"
+        )
 
 
 def check_columns(table: pa.Table, required: dict[str, pa.DataType], path: str | Path) -> None:

@@ -9,7 +9,9 @@ first; it checks, with messages naming the key, the value and what is allowed:
   in the list of the group they read, only cold-capable models in the cold lists;
 * every enabled dataset's `datasets.<ds>` block, every encoder block, every listed model's
   `train.<model>` block (unknown keys, types, ranges) and the training protocol per dataset;
-* that a model asking for a modality (`train.<model>.modalities`) gets one the pipeline has.
+* that a model asking for a modality (`train.<model>.modalities`) gets one the pipeline has;
+* that `pipeline.demo_encoders` lists exactly the demo models (raw/encoders/<name>) that enabled
+  encoders and models use, so the demo CLIP is built only when something reads it.
 
 Its output `processed/params.checked` never changes (it only says the check passed), so a params
 edit re-runs this stage but nothing downstream because of it.
@@ -24,7 +26,7 @@ from typing import Any
 from mmpipe.config import ParamsError
 from mmpipe.io import write_text
 from mmpipe.log import get_logger
-from mmpipe.paths import PROCESSED
+from mmpipe.paths import ENCODERS, PROCESSED
 from models.core.registry import get_model, model_config, model_names
 from models.core.trainer import TrainConfig
 from stages import features
@@ -39,7 +41,47 @@ CONTENT = "params.yaml passed `python -m stages.check`\n"
 
 
 def param_keys() -> list[str]:
-    return ["pipeline", "datasets", "features", "train"]
+    return ["pipeline", "datasets", "features", "train", "demo_encoders"]
+
+
+def demo_models_used(blocks: list[Any], demo_names: set[str]) -> set[str]:
+    """Names of demo encoders that any string in the given params blocks points at (raw/encoders/<name>)."""
+    used: set[str] = set()
+    todo = list(blocks)
+    while todo:
+        node = todo.pop()
+        if isinstance(node, dict):
+            todo.extend(node.values())
+        elif isinstance(node, list | tuple):
+            todo.extend(node)
+        elif isinstance(node, str) and node.startswith(f"{ENCODERS}/"):
+            name = node[len(f"{ENCODERS}/") :].strip("/")
+            if name in demo_names:
+                used.add(name)
+    return used
+
+
+def check_demo_encoders(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> None:
+    """pipeline.demo_encoders must be exactly the demo models that enabled encoders and models use."""
+    demo_blocks = params.get("demo_encoders") or {}
+    features = params.get("features") or {}
+    train = params.get("train") or {}
+    blocks = [features.get(s) for s in cfg.feature_sets] + [train.get(m) for m in cfg.models()]
+    used = demo_models_used(blocks, set(demo_blocks))
+    listed = set(cfg.demo_encoders)
+    for name in sorted(listed - set(demo_blocks)):
+        raise ParamsError(f"params.yaml: pipeline.demo_encoders lists {name!r}, but demo_encoders.{name} is missing")
+    if used - listed:
+        missing = sorted(used - listed)
+        raise ParamsError(
+            f"params.yaml: an enabled encoder or model uses {', '.join(f'{ENCODERS}/{n}' for n in missing)}; add "
+            f"{', '.join(missing)} to pipeline.demo_encoders so the demo_encoder stage builds it"
+        )
+    if listed - used:
+        raise ParamsError(
+            f"params.yaml: pipeline.demo_encoders lists {', '.join(sorted(listed - used))}, which no enabled encoder "
+            f"or model uses; remove it (nothing would read what the demo_encoder stage builds)"
+        )
 
 
 def check_models(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> int:
@@ -92,6 +134,7 @@ def run(params: dict[str, Any], out: Path = OUT) -> Path:
             features.read_config(params, feature_set, modality)
             encoders += 1
     models = check_models(cfg, params)
+    check_demo_encoders(cfg, params)
     write_text(out, CONTENT)
     log.info(
         "params.yaml: %d datasets, %d feature sets x %d modalities (%d encoders), %d model runs per dataset: valid",

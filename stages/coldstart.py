@@ -53,6 +53,7 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
     cfg = ColdstartConfig.parse(declared(params, param_keys(dataset)).get("coldstart"), "coldstart")
     ratio, seed = cfg.ratio, cfg.seed
     ds = DatasetDir.of(dataset, processed)
+    schemas.check_same_ingest(ds.interactions, ds.items)
     table = read_parquet(ds.interactions)
     n_items = len(read_parquet(ds.items, columns=["item_idx"]))
     valid_items, test_items = cold_items(n_items, ratio, seed)
@@ -62,7 +63,8 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
     split[np.isin(item, valid_items)] = 1
     split[np.isin(item, test_items)] = 2
     out = table.set_column(table.schema.get_field_index("split"), "split", pa.array(split, pa.int8()))
-    write_parquet(ds.coldstart, out.cast(schemas.INTERACTIONS))
+    run_id = schemas.read_ingest_id(ds.interactions)  # the cold split belongs to the same ingest run
+    write_parquet(ds.coldstart, out.cast(schemas.INTERACTIONS), {schemas.INGEST_ID: run_id} if run_id else None)
 
     user = table["user_idx"].to_numpy()
     users_with_train = np.unique(user[split == 0])

@@ -76,6 +76,7 @@ def run(dataset: str, feature_set: str, params: dict[str, Any], processed: Path 
     modalities = pipeline.modalities(declared(params, param_keys(dataset, feature_set)))
     ds = DatasetDir.of(dataset, processed)
     inter_path = ds.interactions
+    schemas.check_same_ingest(inter_path, ds.users, ds.items)
     table = read_parquet(inter_path)
     check_columns(table, {f.name: f.type for f in schemas.INTERACTIONS}, inter_path)
     user_ids = _index_table(ds.users, "user_idx", "user_id")

@@ -35,7 +35,7 @@ from mmpipe.config import Config, param
 from mmpipe.io import read_parquet, write_csr, write_json
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, SETTING_FILES, DatasetDir
-from mmpipe.schemas import read_features
+from mmpipe.schemas import check_same_ingest, read_features
 from mmpipe.sparse import topk_per_row
 from mmpipe.threads import use_threads
 from stages.common import pipeline
@@ -135,6 +135,7 @@ def run(dataset: str, feature_set: str, params: dict[str, Any], processed: Path 
     modalities = pipeline.modalities(params)
     use_threads(None)
     ds = DatasetDir.of(dataset, processed)
+    check_same_ingest(ds.interactions, ds.coldstart, ds.users, ds.items)
     n_users = len(read_parquet(ds.users, columns=["user_idx"]))
     n_items = len(read_parquet(ds.items, columns=["item_idx"]))
     stats: dict[str, Any] = {"feature_set": feature_set, "knn": {}, "warm": {}, "cold": {}}

@@ -122,12 +122,17 @@ def process_one(item_id: str, has_url: bool, path: Path | None, cfg: ImagesConfi
     """Return (item_id, jpeg bytes) or (item_id, the reason it has none)."""
     if path is None:
         return item_id, "missing_file" if has_url else "no_url"
+    data = path.read_bytes()
+    if not data:
+        return item_id, f"corrupt: {path}: empty file (0 bytes)"
     try:
-        return item_id, reencode(path.read_bytes(), cfg.size, cfg.quality, cfg.max_pixels)
+        return item_id, reencode(data, cfg.size, cfg.quality, cfg.max_pixels)
     except TooLarge as exc:
-        return item_id, f"too_large: {path.name}: {exc}"
-    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as exc:
-        return item_id, f"corrupt: {path.name}: {exc}"
+        return item_id, f"too_large: {path}: {exc}"
+    except UnidentifiedImageError:
+        return item_id, f"corrupt: {path}: not an image Pillow can read ({len(data)} bytes, starting {data[:8]!r})"
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        return item_id, f"corrupt: {path}: {exc}"
 
 
 def run(dataset: str, params: dict[str, Any], raw_root: Path = RAW, out_root: Path = PROCESSED) -> dict:

@@ -37,6 +37,7 @@ import shutil
 import sys
 import tempfile
 import time
+from collections import Counter
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -469,12 +470,22 @@ def _gc_paused() -> Iterator[None]:
 
 
 def write_outputs(ds: DatasetDir, tables: dict[str, pa.Table], shipped: dict[str, Any], stats: dict) -> None:
-    """Write every output to a temporary file first, then rename them all: no partial set on a crash."""
+    """Write every output to a temporary file first, then rename them all: no partial set on a crash.
+
+    The three tables carry one ingest id (`schemas.INGEST_ID`), so a reader can tell that they belong
+    together even if a crash stopped the renames half-way.
+    """
     ds.root.mkdir(parents=True, exist_ok=True)
+    run_id = schemas.ingest_id(
+        tables[ds.interactions.name],
+        tables[ds.items.name]["item_id"].to_pylist(),
+        tables[ds.users.name]["user_id"].to_pylist(),
+    )
+    stats["ingest_id"] = run_id
     tmp = Path(tempfile.mkdtemp(prefix=".ingest.", suffix=".tmp", dir=ds.root))
     try:
         for name, table in tables.items():
-            write_parquet(tmp / name, table.combine_chunks())
+            write_parquet(tmp / name, table.combine_chunks(), {schemas.INGEST_ID: run_id})
         write_json(tmp / ds.ingest_stats.name, stats)
         with atomic_dir(ds.shipped) as shipped_dir:
             for role, (matrix, has_input) in sorted(shipped.items()):
@@ -600,8 +611,22 @@ STEPS = (
 
 
 def read_rows(review_files: list[tuple[Path, str]]) -> Rows:
-    """Parse every reviews file into codes; the parse counts go into the stats."""
+    """Parse every reviews file into codes; the parse counts go into the stats.
+
+    No valid review at all is an error that says so (an empty file, or every line malformed, with the
+    first reasons), not the k-core's "no interactions left" further down.
+    """
     data, bad_reviews, summaries = read_all_reviews(review_files)
+    if not len(data["user"]):
+        names = ", ".join(str(path) for path, _ in review_files)
+        lines = sum(s["lines"] for s in summaries)
+        if not lines:
+            raise ValueError(f"{names}: empty: no review line to read")
+        reasons = "; ".join(f"{b.file}: {b.first_reasons()}" for b in bad_reviews if b.count)
+        raise ValueError(
+            f"{names}: no valid review line was read ({lines} lines, "
+            f"{sum(b.count for b in bad_reviews)} malformed; first: {reasons or 'only blank lines'})"
+        )
     stats: dict[str, Any] = {
         "rows_read": {"review_lines": sum(s["lines"] for s in summaries), "reviews_parsed": len(data["user"])},
         "malformed": {"reviews": _merge_malformed(bad_reviews)},
@@ -654,6 +679,7 @@ def _run(dataset: str, cfg: IngestConfig, raw_dir: Path, ds: DatasetDir) -> dict
     stats = rows.stats
     stats["rows_read"]["meta_lines"] = sum(s["lines"] for s in meta_summaries)
     stats["malformed"]["meta"] = _merge_malformed(bad_meta)
+    stats["repaired"] = {"meta": dict(sorted(sum((b.repairs for b in bad_meta), Counter()).items()))}
     stats["files"]["meta"] = meta_summaries
     stats.update(
         users=n_users,

@@ -25,7 +25,9 @@ def tiny_params() -> dict[str, Any]:
     params = copy.deepcopy(params)
     params["datasets"] = {"demo": dict(TINY_DEMO)}
     params["images"]["size"] = 48
-    params["demo_clip"].update(hidden_size=32, image_size=32, patch_size=8, projection_dim=16, vocab_size=400)
+    params["demo_encoders"]["demo-clip"].update(
+        hidden_size=32, image_size=32, patch_size=8, projection_dim=16, vocab_size=400
+    )
     # Every model is unit-tested; the DAG tests need one model of each group (and each cold group).
     params["pipeline"].update(
         id_models=["bpr", "lightgcn"], graph_models=["itemknn", "freedom"], cold_graph_models=["itemknn"]
@@ -46,7 +48,7 @@ def demo_project(tmp_path_factory) -> Path:
 
     Read-only for the tests that use it: copy it before changing anything.
     """
-    from stages import demo_clip, download, images, ingest
+    from stages import demo_encoder, download, images, ingest
 
     root = tmp_path_factory.mktemp("demo_project")
     params = tiny_params()
@@ -57,6 +59,6 @@ def demo_project(tmp_path_factory) -> Path:
     download.run("demo", params, root / "raw")
     ingest.run("demo", params, root / "raw", root / "processed")
     images.run("demo", params, root / "raw", root / "processed")
-    demo_clip.run(params, root / "raw/encoders/demo-clip")
+    demo_encoder.run("demo-clip", params, root / "raw/encoders/demo-clip")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root

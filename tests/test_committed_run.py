@@ -24,7 +24,7 @@ def status_problems(status: dict) -> list[str]:
     """Entries of `dvc status --json` that are not 'missing output': changed code, data or params.
 
     A dependency that is another stage's missing output is fine, and so is a folder holding one (the
-    feature stages depend on `raw/encoders/`, which holds the demo CLIP that `demo_clip` makes).
+    feature stages depend on `raw/encoders/`, which holds the demo CLIP that `demo_encoder` makes).
     """
     missing_outs = {
         path
@@ -58,7 +58,7 @@ def status_problems(status: dict) -> list[str]:
 def test_status_problems_flags_changed_code_and_params():
     status = {
         "ingest@demo": [{"changed deps": {"raw/demo": "deleted"}}, {"changed outs": {"x.parquet": "deleted"}}],
-        "demo_clip": [{"changed outs": {"raw/encoders/demo-clip": "deleted"}}],
+        "demo_encoder@demo-clip": [{"changed outs": {"raw/encoders/demo-clip": "deleted"}}],
         "features@d": [{"changed deps": {"raw/encoders": "modified", "stages/features.py": "modified"}}],
         "graphs@demo-default": [{"changed deps": {"stages/graphs.py": "modified", "processed/y": "deleted"}}],
         "train": [{"changed deps": {"params.yaml": {"train.common": "modified"}}}],
@@ -79,3 +79,34 @@ def test_fresh_clone_of_the_committed_code_shows_missing_outputs_only(tmp_path):
     proc = subprocess.run(["dvc", "status", "--json"], cwd=clone, env=env, capture_output=True, text=True, check=True)
     problems = status_problems(json.loads(proc.stdout or "{}"))
     assert problems == [], "dvc.lock is stale for the committed code; re-run `dvc repro` and commit dvc.lock"
+
+
+def test_cached_outputs_are_git_ignored_without_dvcs_own_gitignore_files(tmp_path):
+    """The root .gitignore alone keeps every cached output out of git and every uncached one in it.
+
+    DVC writes a .gitignore entry per output when it records the stage; a stage stopped after writing
+    its outputs but before that (Ctrl-C in `dvc exp run`) would otherwise leave e.g. a model.pt that the
+    next experiment commit adds to git.
+    """
+    from dvc.repo import Repo
+
+    with Repo(str(ROOT)) as repo:
+        outs = [(str(out.fs_path), out.use_cache, out.isdir()) for stage in repo.index.stages for out in stage.outs]
+    repo_dir = tmp_path / "bare"
+    repo_dir.mkdir()
+    subprocess.run(["git", "init", "-q"], cwd=repo_dir, check=True)
+    (repo_dir / ".gitignore").write_text((ROOT / ".gitignore").read_text())
+    cached, uncached = [], []
+    for path, use_cache, is_dir in outs:
+        rel = Path(path).relative_to(ROOT)
+        probe = rel / "part.bin" if is_dir or use_cache and not rel.suffix else rel
+        (cached if use_cache else uncached).append(str(probe))
+    assert len(cached) > 20 and len(uncached) > 20
+
+    def ignored(paths: list[str]) -> set[str]:
+        proc = subprocess.run(["git", "check-ignore", "--no-index", "--stdin"], cwd=repo_dir, input="\n".join(paths),
+                              capture_output=True, text=True)  # fmt: skip
+        return set(proc.stdout.split())
+
+    assert sorted(set(cached) - ignored(cached)) == []
+    assert sorted(ignored(uncached)) == []

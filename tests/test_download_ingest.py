@@ -11,6 +11,7 @@ import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
+import yaml
 
 from mmpipe.io import read_json, sha256_file
 from stages import download, ingest
@@ -187,3 +188,90 @@ def test_k_core_that_empties_the_data_stops_with_reason(tmp_path, params):
     with pytest.raises(ValueError, match="no interactions left after 5/5-core"):
         ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
     shutil.rmtree(tmp_path / "raw")
+
+
+# ---------------------------------------------------------------------------- real data as it comes (issue 12)
+
+
+def test_reviews_without_one_valid_line_say_so(tmp_path, params):
+    write_raw(tmp_path / "raw/x", ["{not json", '{"reviewerID": "U1"}', ""], [])
+    with pytest.raises(ValueError) as err:
+        ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    message = str(err.value)  # was: "no interactions left after 5/5-core filtering"
+    assert "no valid review line was read (3 lines, 2 malformed; first: reviews.json.gz: line 1:" in message
+    assert "line 2: missing field 'asin'" in message
+    (tmp_path / "raw/x/reviews.json.gz").write_bytes(gzip.compress(b""))
+    with pytest.raises(ValueError, match=r"reviews.json.gz: empty: no review line to read"):
+        ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    assert not (tmp_path / "out/x").exists()
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("kcore.user_min", "five", r"kcore.user_min = 'five': expected an integer"),
+        ("kcore.user_min", 5.7, r"kcore.user_min = 5.7: expected an integer \(no fractional part\)"),
+        ("kcore.item_min", -1, r"kcore.item_min = -1: must be >= 1"),
+        ("kcore.rating_min", "4", r"kcore.rating_min = '4': expected a number or null"),
+        ("kcore.user_minn", 5, r"kcore has unknown key 'user_minn' \(known: user_min, item_min, rating_min\)"),
+        ("split.ratios", [0.5, 0.5, 0.5], r"split.ratios = \[0.5, 0.5, 0.5\] sum to 1.5; the shares must sum to 1"),
+        ("split.ratios", [0.1, 0.1, 0.1], r"sum to 0.3; the shares must sum to 1"),
+        ("split.ratios", [0.8, 0.2], r"expected three non-negative shares"),
+        ("split.method", "by_time", r"split.method = 'by_time' is not supported \(supported: user_time, random"),
+    ],
+)  # fmt: skip
+def test_ingest_params_are_checked_with_the_key_the_value_and_what_is_allowed(tmp_path, params, key, value, message):
+    write_raw(tmp_path / "raw/x", full_grid_reviews(5, 5), [])
+    block, name = key.split(".")
+    params[block][name] = value
+    with pytest.raises(ParamsError, match=message):
+        ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+
+
+def test_a_bad_param_is_one_line_on_the_command_line(tmp_path, params, monkeypatch, capsys):
+    write_raw(tmp_path / "raw/x", full_grid_reviews(5, 5), [])
+    params["kcore"]["user_min"] = "five"
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    monkeypatch.chdir(tmp_path)
+    assert ingest.main(["--dataset", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == "error: params.yaml: kcore.user_min = 'five': expected an integer"  # no traceback
+
+
+def test_meta_text_repairs_are_made_and_counted(tmp_path, params):
+    meta = [
+        "{'asin': 'I00', 'title': 'Cup', 'price': nan, 'categories': [['Baby']]}",  # Python's repr of a missing price
+        json.dumps({"asin": "I01", "title": '<span class="a-size-medium a', "description": "<b>Big</b> mug"}),
+        json.dumps({"asin": "I02", "title": float("nan"), "brand": "B"}),  # JSON NaN where text belongs
+    ]  # fmt: skip
+    write_raw(tmp_path / "raw/x", full_grid_reviews(5, 5), meta)
+    path = tmp_path / "raw/x/meta.json.gz"
+    path.write_bytes(
+        gzip.compress(gzip.decompress(path.read_bytes()) + b"{'asin': 'I03', 'title': 'Caf\xe9 cr\xe8me'}\n")
+    )
+    stats = ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    items = {r["item_id"]: r for r in pq.read_table(tmp_path / "out/x/items.parquet").to_pylist()}
+    assert items["I00"]["title"] == "Cup" and items["I00"]["categories"] == ["Baby"]  # was: the line was dropped
+    assert items["I01"]["title"] is None and items["I01"]["description"] == "Big mug"  # markup is not text
+    assert items["I02"]["title"] is None and items["I02"]["brand"] == "B"
+    assert items["I03"]["title"] == "Café crème"  # Windows-1252 bytes decoded, not U+FFFD
+    assert stats["malformed"]["meta"]["count"] == 0
+    assert stats["repaired"]["meta"] == {"decoded_as_cp1252": 1, "markup_stripped": 2, "nan_as_missing": 2}
+
+
+def test_outputs_of_different_ingest_runs_are_never_paired(tmp_path, params):
+    from mmpipe.io import read_parquet, write_parquet
+    from models.core.data import load_split
+
+    write_raw(tmp_path / "raw/x", full_grid_reviews(5, 5), [])
+    ingest.run("x", params, tmp_path / "raw", tmp_path / "a")
+    write_raw(tmp_path / "raw/x", full_grid_reviews(6, 5), [])
+    ingest.run("x", params, tmp_path / "raw", tmp_path / "b")
+    mixed = tmp_path / "mixed/x"
+    shutil.copytree(tmp_path / "a/x", mixed)
+    shutil.copy(tmp_path / "b/x/interactions.parquet", mixed / "interactions.parquet")  # a crash between renames
+    with pytest.raises(ValueError, match=r"written by different ingest runs; re-run ingest"):
+        load_split(mixed, "warm")
+    # files without an id (written by hand, or by an older version) are not held to it
+    write_parquet(mixed / "interactions.parquet", read_parquet(tmp_path / "a/x/interactions.parquet"))
+    assert load_split(mixed, "warm").n_users == 5

@@ -148,7 +148,7 @@ def test_clip_text_features_are_normalised(params, project, demo_project):
     fs = use(params, "clip_text", model=str(demo_project / "raw/encoders/demo-clip"), normalize=True, max_tokens=77)
     stats = features.run("demo", *fs, params, project)
     matrix, has_input = read_features(out(project, "clip_text"))
-    assert stats["dim"] == params["demo_clip"]["projection_dim"]
+    assert stats["dim"] == params["demo_encoders"]["demo-clip"]["projection_dim"]
     np.testing.assert_allclose(np.linalg.norm(matrix[has_input], axis=1), 1.0, atol=1e-5)
 
 
@@ -158,7 +158,7 @@ def test_clip_image_features_from_local_seeded_model(params, project, demo_proje
     report = read_json(project / "demo/images_report.json")
     assert stats["with_input"] == report["stored"] and stats["without_input"] == report["items"] - report["stored"]
     matrix, has_input = read_features(out(project, "clip_image"))
-    assert matrix.shape[1] == params["demo_clip"]["projection_dim"] == stats["dim"]
+    assert matrix.shape[1] == params["demo_encoders"]["demo-clip"]["projection_dim"] == stats["dim"]
     assert np.isfinite(matrix).all() and len(np.unique(matrix[has_input].round(5), axis=0)) > 1
 
 
@@ -182,7 +182,7 @@ def test_clip_output_object_and_tensor_are_both_read(demo_project, params):
     )
     pixels = torch.zeros(2, 3, 32, 32)
     from_object = enc.image_features(pixels)  # transformers 5: an output object
-    assert from_object.shape == (2, params["demo_clip"]["projection_dim"])
+    assert from_object.shape == (2, params["demo_encoders"]["demo-clip"]["projection_dim"])
     enc.model.get_image_features = lambda pixel_values: torch.ones(2, 16)  # transformers 4: a tensor
     assert torch.equal(enc.image_features(pixels), torch.ones(2, 16))
 
@@ -226,9 +226,9 @@ def test_bad_encoder_params_are_rejected(params, tiny_roberta):
 
 def test_demo_clip_build_is_byte_identical(tmp_path, params):
     from mmpipe.io import sha256_tree
-    from stages import demo_clip
+    from stages import demo_encoder
 
-    a, b = demo_clip.run(params, tmp_path / "a"), demo_clip.run(params, tmp_path / "b")
+    a, b = (demo_encoder.run("demo-clip", params, tmp_path / run) for run in ("a", "b"))
     assert sha256_tree(a) == sha256_tree(b)  # same weights and the same tokenizer merges
     assert {p.name for p in a.iterdir()} >= {"model.safetensors", "tokenizer.json", "preprocessor_config.json"}
 

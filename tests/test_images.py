@@ -45,3 +45,46 @@ def test_images_counts_missing_corrupt_and_resizes(tmp_path, params):
         img = Image.open(io.BytesIO(txn.get(b"A")))
         assert img.format == "JPEG" and max(img.size) == 32 and img.size == (32, 21)
         assert txn.get(b"C") is None
+
+
+def test_empty_image_file_is_named_and_counted(tmp_path, params, caplog):
+    raw = tmp_path / "raw/x"
+    (raw / "images").mkdir(parents=True)
+    (raw / "MANIFEST.json").write_text('{"files": [], "images_dir": "images"}')
+    (raw / "images/E.jpg").write_bytes(b"")
+    (raw / "images/H.jpg").write_bytes(b"<html>404</html>")
+    make_items(tmp_path, [{"item_id": "E", "image_url": "u"}, {"item_id": "H", "image_url": "u"}])
+    with caplog.at_level("WARNING", logger="mmpipe.images"):
+        report = images.run("x", params, tmp_path / "raw", tmp_path / "processed")
+    assert report["corrupt"] == 2 and report["corrupt_items"] == ["E", "H"]
+    assert f"{raw / 'images/E.jpg'}: empty file (0 bytes)" in caplog.text  # was: cannot identify <_io.BytesIO ...>
+    assert "not an image Pillow can read (16 bytes, starting b'<html>40')" in caplog.text
+
+
+def test_huge_jpeg_is_decoded_at_reduced_scale(monkeypatch):
+    """A 4000x3000 JPEG stored at 224 px is decoded at 1/8 scale (500x375), not whole (36 MB of pixels)."""
+    out = io.BytesIO()
+    Image.new("RGB", (4000, 3000), (200, 30, 30)).save(out, format="JPEG", quality=70)
+    decoded_sizes = []
+    real_load = Image.Image.load
+
+    def spy(self):
+        decoded_sizes.append(self.size)
+        return real_load(self)
+
+    monkeypatch.setattr(Image.Image, "load", spy)
+    jpeg_bytes = images.reencode(out.getvalue(), size=224, quality=80)
+    assert decoded_sizes[0] == (500, 375)
+    assert Image.open(io.BytesIO(jpeg_bytes)).size == (224, 168)
+
+
+def test_image_over_the_pixel_limit_is_skipped_and_counted(tmp_path, params):
+    raw = tmp_path / "raw/x"
+    (raw / "images").mkdir(parents=True)
+    (raw / "MANIFEST.json").write_text('{"files": [], "images_dir": "images"}')
+    Image.new("RGB", (1200, 1000), (0, 90, 0)).save(raw / "images/P.png")  # PNG: no reduced decoding
+    (raw / "images/J.jpg").write_bytes(jpeg((0, 0, 200), (1200, 1000)))  # JPEG: decoded at 1/4 scale, fits
+    make_items(tmp_path, [{"item_id": "P", "image_url": "u"}, {"item_id": "J", "image_url": "u"}])
+    params["images"].update(size=64, max_pixels=1_000_000)
+    report = images.run("x", params, tmp_path / "raw", tmp_path / "processed")
+    assert (report["stored"], report["too_large"], report["too_large_items"]) == (1, 1, ["P"])

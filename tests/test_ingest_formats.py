@@ -216,11 +216,13 @@ def test_amazon2014_meta_literals_html_categories_and_wanted(tmp_path):
         repr({"asin": "A6", "title": "caf\u00e9 \\ back\\slash", "description": "a\tb\x07"}),
         "",
     ]  # fmt: skip
-    data = ("\n".join(lines) + "\n").encode() + b"{'asin': 'A7\xff', 'title': 'caf\xe9'}\n"  # 9: not UTF-8
+    data = ("\n".join(lines) + "\n").encode() + b"{'asin': 'A7\xff', 'title': 'caf\xe9'}\n"  # 9: Latin-1
     path = write(tmp_path / "m.json.gz", data, gz=True)
-    items, bad = meta_of(path, "amazon2014-meta", {"A1", "A3", "A4", "A6", "A7\ufffd", "A9"})
+    items, bad = meta_of(path, "amazon2014-meta", {"A1", "A3", "A4", "A6", "A7\u00ff", "A9"})
     by_id = {it["item_id"]: it for it in items}
-    assert list(by_id) == ["A1", "A3", "A4", "A6", "A7\ufffd"] and by_id["A7\ufffd"]["title"] == "caf\ufffd"
+    # a line that is not UTF-8 is read as Windows-1252 (its accents kept) and counted
+    assert list(by_id) == ["A1", "A3", "A4", "A6", "A7\u00ff"] and by_id["A7\u00ff"]["title"] == "caf\u00e9"
+    assert bad.repairs["decoded_as_cp1252"] == 1
     assert by_id["A1"] == {
         "item_id": "A1", "title": "Tom & Jerry's cup", "description": None, "brand": None,
         "categories": ["Baby", "Feeding", "Cups"], "image_url": "http://i/1.jpg",
@@ -230,7 +232,7 @@ def test_amazon2014_meta_literals_html_categories_and_wanted(tmp_path):
     assert by_id["A6"]["title"] == "café \\ back\\slash" and by_id["A6"]["description"] == "a b\x07"
     assert [e["line"] for e in bad.lines] == [2, 6] and "missing field 'asin'" in bad.lines[1]["reason"]
     all_items, _ = meta_of(path, "amazon2014-meta")  # no filter: every record
-    assert [it["item_id"] for it in all_items] == ["A1", "A3", "A4", "A5", "A6", "A7\ufffd"]
+    assert [it["item_id"] for it in all_items] == ["A1", "A3", "A4", "A5", "A6", "A7\u00ff"]
 
 
 def test_amazon2018_meta(tmp_path):
@@ -493,11 +495,13 @@ def test_presplit_sources_are_handed_to_presplit(tmp_path, params, monkeypatch):
     raw.mkdir(parents=True)
     (raw / "MANIFEST.json").write_text(json.dumps({"source": "mmrec", "files": []}))
     params["kcore"]["user_min"] = 50  # not applied
-    assert ingest.run("m", params, tmp_path / "raw", tmp_path / "out") == {"x": 1} and calls == ["mmrec"]
+    stats = ingest.run("m", params, tmp_path / "raw", tmp_path / "out")
+    run_id = stats.pop("ingest_id")  # the id the three tables carry (schemas.INGEST_ID)
+    assert stats == {"x": 1} and calls == ["mmrec"] and len(run_id) == 16
     inter = pq.read_table(tmp_path / "out/m/interactions.parquet")
     assert inter.schema == schemas.INTERACTIONS and inter.column("split").to_pylist() == [0, 2]
     assert pq.read_table(tmp_path / "out/m/items.parquet").column("item_id").to_pylist() == ["a", "b"]
-    assert json.loads((tmp_path / "out/m/ingest_stats.json").read_text()) == {"x": 1}
+    assert json.loads((tmp_path / "out/m/ingest_stats.json").read_text()) == {"x": 1, "ingest_id": run_id}
 
 
 # ---------------------------------------------------------------------------------- integer-code helpers
@@ -566,3 +570,28 @@ def _old_split(user_idx: np.ndarray, ratios: list[float]) -> np.ndarray:
         split[e - n_eval : e - n_eval + n_valid] = 1
         split[e - n_eval + n_valid : e] = 2
     return split
+
+
+def test_image_url_fields_of_every_release(tmp_path):
+    """2014 `imUrl`; 2018 `imageURLHighRes`, `imageURL` or only `image` (38x50 thumbnails: the original is
+    the URL without its size modifiers); 2023 `images` dicts (tested above). The largest is kept."""
+    thumb = "https://images-na.ssl-images-amazon.com/images/I/317ZQtCvFzL._SX38_SY50_CR,0,0,38,50_.jpg"
+    lines18 = [
+        json.dumps({"asin": "G1", "image": [thumb, "https://images-na.ssl-images-amazon.com/images/I/41x._SX38_.jpg"]}),
+        json.dumps({"asin": "G2", "imageURL": ["https://images-na.ssl-images-amazon.com/images/I/5a._US40_.jpg"],
+                    "imageURLHighRes": ["https://images-na.ssl-images-amazon.com/images/I/5a._SL1500_.jpg"]}),
+        json.dumps({"asin": "G3", "imageURL": ["http://example.com/plain.jpg"], "image": [thumb]}),
+        json.dumps({"asin": "G4", "image": []}),
+    ]  # fmt: skip
+    got = {
+        it["item_id"]: it["image_url"] for it in meta_of(write(tmp_path / "m18.json", lines18), "amazon2018-meta")[0]
+    }
+    assert got == {
+        "G1": "https://images-na.ssl-images-amazon.com/images/I/317ZQtCvFzL.jpg",
+        "G2": "https://images-na.ssl-images-amazon.com/images/I/5a.jpg",
+        "G3": "http://example.com/plain.jpg",
+        "G4": None,
+    }
+    lines14 = [repr({"asin": "A1", "imUrl": "http://ecx.images-amazon.com/images/I/51fAmVkTbyL._SY300_.jpg"})]
+    got14 = meta_of(write(tmp_path / "m14.json", lines14), "amazon2014-meta")[0]
+    assert got14[0]["image_url"] == "http://ecx.images-amazon.com/images/I/51fAmVkTbyL._SY300_.jpg"  # as MMRec uses it

@@ -20,8 +20,8 @@ import yaml
 from tests.conftest import ROOT, tiny_params
 
 PROJECT_FILES = [
-    "mmpipe", "stages", "models", "dvc.yaml", "params.yaml", "reports/published.yaml", "pyproject.toml", ".dvcignore",
-    ".gitignore",
+    "mmpipe", "stages", "models", "dvc.yaml", "params.yaml", "reports/published.yaml", "raw/encoders/README.md",
+    "pyproject.toml", ".dvcignore", ".gitignore",
 ]  # fmt: skip
 
 
@@ -183,7 +183,7 @@ def test_kcore_change_reuses_the_persisted_feature_caches(project):
     project.set_param("kcore.item_min", 6)
     ran = project.repro(*features)
     assert {"ingest@demo", *features} <= ran
-    assert "download@demo" not in ran and "demo_clip" not in ran
+    assert "download@demo" not in ran and "demo_encoder@demo-clip" not in ran
     for modality in ("text", "image"):
         stats = json.loads((project.path / f"processed/demo/feature_stats/default-{modality}.json").read_text())
         assert stats["encoded"] == 0 and stats["cache_hits"] == stats["with_input"] > 0, modality

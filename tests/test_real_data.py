@@ -63,3 +63,27 @@ def test_amazon_baby_lattice_split(tmp_path, params):
     # Ids come from the maps: Amazon ASINs and reviewer ids.
     assert items["item_id"][0].as_py() == "097293751X"
     assert users["user_id"][0].as_py().startswith("A")
+
+
+@pytest.mark.parametrize(
+    ("folder", "category", "counts", "with_image_url"),
+    [
+        # SOURCE.md: a strict iterative 5-core leaves 2,941 pairs, 453 users, 147 items; 116 of the 148 review
+        # items have an image URL (in `image`: thumbnails only)
+        ("amazon2018-gift-cards", "Gift_Cards", (453, 147, 2941), 115),
+        ("amazon2018-magazine-subscriptions", "Magazine_Subscriptions", (294, 132, 2027), 111),
+    ],
+)
+def test_amazon2018_categories_import_with_their_image_urls(tmp_path, params, folder, category, counts, with_image_url):
+    src = DATA / folder
+    if not (src / f"meta_{category}.json.gz").is_file():
+        pytest.skip(f"real data not present: {src} (see shared/data/{folder}/SOURCE.md)")
+    cfg = {"source": "local", "format": "amazon2018", "category": category, "path": str(src)}
+    _, stats = import_dataset(params, tmp_path, "x", cfg)
+    assert (stats["users"], stats["items"], stats["interactions"]) == counts
+    items = pq.read_table(tmp_path / "processed/x/items.parquet").to_pylist()
+    urls = [it["image_url"] for it in items if it["image_url"]]
+    assert len(urls) == with_image_url == stats["items"] - stats["items_missing"]["image_url"]
+    # the original image, not the 38x50 thumbnail the field holds
+    assert all(u.startswith("https://images-na.ssl-images-amazon.com/images/I/") and "._" not in u for u in urls)
+    assert not any(it["title"] and "<" in it["title"] for it in items)  # no HTML debris as a title

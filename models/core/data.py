@@ -17,7 +17,7 @@ import torch
 
 from mmpipe.io import read_csr, read_parquet
 from mmpipe.paths import DatasetDir
-from mmpipe.schemas import check_columns, read_features
+from mmpipe.schemas import check_columns, check_same_ingest, read_features
 from models.core.base import TrainData
 
 SPLIT_COLUMNS = {"user_idx": pa.int32(), "item_idx": pa.int32(), "split": pa.int8()}
@@ -35,6 +35,7 @@ class Split:
 def load_split(dataset_dir: Path | DatasetDir, setting: str) -> Split:
     ds = dataset_dir if isinstance(dataset_dir, DatasetDir) else DatasetDir(Path(dataset_dir))
     path = ds.split(setting)
+    check_same_ingest(path, ds.users, ds.items)
     table = read_parquet(path, columns=list(SPLIT_COLUMNS))
     check_columns(table, SPLIT_COLUMNS, path)
     n_users = len(read_parquet(ds.users, columns=["user_idx"]))

@@ -41,6 +41,7 @@ def check_group(model: str, reads: str, group: str) -> None:
 @dataclass(frozen=True)
 class PipelineConfig(Config):
     datasets: tuple[str, ...] = param(doc="keys of `datasets`")
+    demo_encoders: tuple[str, ...] = param([], doc="keys of `demo_encoders`: seeded random models to build")
     feature_sets: tuple[str, ...] = param(["default"], doc="keys of `features` holding one encoder per modality")
     modalities: tuple[str, ...] = param(["text", "image"], doc="the modalities of every feature set")
     id_models: tuple[str, ...] = param([])

@@ -2,7 +2,7 @@
 
 No pretrained weights can be downloaded here. These builders make models of any size from a config and
 a seed, with a BPE tokenizer trained on given texts, and `save_pretrained` them, so the feature code
-loads them through the same `from_pretrained` calls that load real weights. Used by the `demo_clip`
+loads them through the same `from_pretrained` calls that load real weights. Used by the `demo_encoder`
 stage (the offline demo's image/text CLIP), by the tests (tiny models) and by the benchmarks
 (real-size configs: speed does not depend on the weights' values).
 """

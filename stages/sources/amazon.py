@@ -8,6 +8,7 @@ that tells the meta reader how to find an item's id on a line.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from typing import Any
 
 from stages.sources.fields import _first_url, clean_categories, clean_text
@@ -20,13 +21,13 @@ AMAZON2023_REVIEWS = ReviewSpec("user_id", "parent_asin", "rating", "timestamp",
 # --------------------------------------------------------------------------------------------------- meta
 
 
-def _amazon2014_item(rec: dict[str, Any]) -> dict[str, Any]:
+def _amazon2014_item(rec: dict[str, Any], fix: Counter) -> dict[str, Any]:
     return {
-        "title": clean_text(rec.get("title")),
-        "description": clean_text(rec.get("description")),
-        "brand": clean_text(rec.get("brand")),
-        "categories": clean_categories(rec.get("categories")),
-        "image_url": clean_text(rec.get("imUrl")),
+        "title": clean_text(rec.get("title"), fix),
+        "description": clean_text(rec.get("description"), fix),
+        "brand": clean_text(rec.get("brand"), fix),
+        "categories": clean_categories(rec.get("categories"), fix),
+        "image_url": clean_text(rec.get("imUrl"), fix),
     }
 
 
@@ -43,15 +44,15 @@ def full_size(url: str | None) -> str | None:
     return f"{match.group(1)}.{match.group(2)}" if match else url
 
 
-def _amazon2018_item(rec: dict[str, Any]) -> dict[str, Any]:
+def _amazon2018_item(rec: dict[str, Any], fix: Counter) -> dict[str, Any]:
     # The releases keep image URLs in different fields by category: imageURLHighRes (large) and imageURL,
     # or only `image` (38x50 thumbnails, e.g. Gift Cards, Magazine Subscriptions): the largest is kept.
     image = _first_url(rec.get("imageURLHighRes")) or _first_url(rec.get("imageURL")) or _first_url(rec.get("image"))
     return {
-        "title": clean_text(rec.get("title")),
-        "description": clean_text(rec.get("description")) or clean_text(rec.get("feature")),
-        "brand": clean_text(rec.get("brand")),
-        "categories": clean_categories(rec.get("category")),
+        "title": clean_text(rec.get("title"), fix),
+        "description": clean_text(rec.get("description"), fix) or clean_text(rec.get("feature"), fix),
+        "brand": clean_text(rec.get("brand"), fix),
+        "categories": clean_categories(rec.get("category"), fix),
         "image_url": full_size(image),
     }
 
@@ -77,14 +78,14 @@ def _image_2023(images: Any) -> str | None:
     return None
 
 
-def _amazon2023_item(rec: dict[str, Any]) -> dict[str, Any]:
-    categories = clean_categories(rec.get("categories"))
+def _amazon2023_item(rec: dict[str, Any], fix: Counter) -> dict[str, Any]:
+    categories = clean_categories(rec.get("categories"), fix)
     if categories is None and rec.get("main_category"):
-        categories = clean_categories([rec.get("main_category")])
+        categories = clean_categories([rec.get("main_category")], fix)
     return {
-        "title": clean_text(rec.get("title")),
-        "description": clean_text(rec.get("description")) or clean_text(rec.get("features")),
-        "brand": clean_text(rec.get("store")),
+        "title": clean_text(rec.get("title"), fix),
+        "description": clean_text(rec.get("description"), fix) or clean_text(rec.get("features"), fix),
+        "brand": clean_text(rec.get("store"), fix),
         "categories": categories,
         "image_url": _image_2023(rec.get("images")),
     }

@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 import zlib
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -177,6 +177,16 @@ def _object_lines(arr: np.ndarray, starts: np.ndarray, ends: np.ndarray) -> np.n
 
 def _decode(raw: bytes) -> str:
     return raw.decode("utf-8", errors="replace")
+
+
+def decode_line(raw: bytes, repairs: Counter) -> str:
+    """UTF-8, or for a line that is not (a legacy Latin-1 / Windows-1252 export) cp1252, counted as
+    `decoded_as_cp1252`: its accented letters survive instead of becoming U+FFFD."""
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        repairs["decoded_as_cp1252"] += 1
+        return raw.decode("cp1252", errors="replace")
 
 
 def ordered_map(fn: Callable[[Any], Any], items: Iterator[Any], workers: int) -> Iterator[Any]:

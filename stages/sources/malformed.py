@@ -1,7 +1,8 @@
-"""Skip-and-count bookkeeping for malformed records, shared by every raw-format reader."""
+"""Skip-and-count bookkeeping for malformed records and repaired fields, shared by every raw-format reader."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,11 +16,13 @@ MAX_LINES_LOGGED = 5  # the first few also go to the log
 
 @dataclass
 class Malformed:
-    """Skipped lines of one file: how many, and the first few with the reason."""
+    """Skipped lines of one file (how many, the first few with the reason), and what was repaired in the
+    lines that were kept (`repairs[kind]`: markup stripped, nan read as missing, legacy bytes decoded)."""
 
     file: str
     count: int = 0
     lines: list[dict[str, Any]] = field(default_factory=list)
+    repairs: Counter = field(default_factory=Counter)
 
     def add(self, line_no: int, reason: str) -> None:
         self.count += 1
@@ -30,3 +33,7 @@ class Malformed:
 
     def as_dict(self) -> dict[str, Any]:
         return {"count": self.count, "first": self.lines}
+
+    def first_reasons(self, n: int = 3) -> str:
+        """The first skipped lines as `line 3: reason; line 7: reason`, for error messages."""
+        return "; ".join(f"line {e['line']}: {e['reason']}" for e in self.lines[:n]) or "none"

@@ -11,6 +11,7 @@ import functools
 import json
 import math
 import re
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ from stages.sources.blocks import (
     _decode,
     _line_bounds,
     _object_lines,
+    decode_line,
     iter_blocks,
     ordered_map,
     prefetch,
@@ -107,8 +109,9 @@ def _json_loads(text: str) -> Any:
 # A Python string literal without prefix, escape-aware, on one line: group 1 single-, group 2 double-quoted.
 _PY_STRING = re.compile(r"""'([^'\\\n]*(?:\\.[^'\\\n]*)*)'|"([^"\\\n]*(?:\\.[^"\\\n]*)*)\"""")
 _PY_ESCAPE = re.compile(r'\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)|"')
-_BARE_WORD = re.compile(r"\b(?:True|False|None)\b")
-_BARE_JSON = {"True": "true", "False": "false", "None": "null"}
+_BARE_WORD = re.compile(r"\b(?:True|False|None|nan)\b")
+# Python's repr writes a missing float as `nan`, which neither JSON nor ast.literal_eval reads: null.
+_BARE_JSON = {"True": "true", "False": "false", "None": "null", "nan": "null"}
 
 
 class _Untranslatable(Exception):
@@ -146,7 +149,7 @@ def literal_to_json(line: str) -> str | None:
     if '"' not in line and "\\" not in line:
         if line.count("'") % 2:
             return None  # an unbalanced quote
-        if not ("True" in line or "False" in line or "None" in line) or not _BARE_WORD.search(line):
+        if not ("True" in line or "False" in line or "None" in line or "nan" in line) or not _BARE_WORD.search(line):
             return line.replace("'", '"')
         parts = line.split("'")
         outside, bodies = parts[0::2], parts[1::2]
@@ -165,7 +168,7 @@ def literal_to_json(line: str) -> str | None:
     joined = "\x00".join(outside)
     if "'" in joined or '"' in joined:
         return None  # a quote no string literal took: not a literal we can translate
-    if "True" in joined or "False" in joined or "None" in joined:
+    if "True" in joined or "False" in joined or "None" in joined or "nan" in joined:
         outside = _BARE_WORD.sub(lambda m: _BARE_JSON[m.group(0)], joined).split("\x00")
     pieces: list[str] = [""] * (len(outside) + len(bodies))
     pieces[0::2] = outside
@@ -173,12 +176,15 @@ def literal_to_json(line: str) -> str | None:
     return '"'.join(pieces)
 
 
-def parse_record(line: str) -> dict[str, Any]:
+_NAN_WORD = re.compile(r"\bnan\b")
+
+
+def parse_record(line: str, repairs: Counter | None = None) -> dict[str, Any]:
     """One JSON object, or one Python-literal dict as the Amazon 2014 meta files contain.
 
-    Tried in turn: strict JSON; the Python literal translated to JSON (`literal_to_json`); lenient
-    JSON (`json.loads`: NaN, huge integers, lone surrogates); `ast.literal_eval`. JSON wins where a
-    line is both (as before).
+    Tried in turn: strict JSON; the Python literal translated to JSON (`literal_to_json`, which reads
+    Python's `nan` as null, counted as `nan_as_missing` in `repairs`); lenient JSON (`json.loads`: NaN,
+    huge integers, lone surrogates); `ast.literal_eval`. JSON wins where a line is both (as before).
     """
     try:
         if line.startswith("{'"):  # a Python literal for sure: not JSON
@@ -192,6 +198,10 @@ def parse_record(line: str) -> dict[str, Any]:
                 obj = _json_loads(text)
             except ValueError:
                 obj = _NOTHING
+            if obj is not _NOTHING and repairs is not None and "nan" in line:
+                nans = len(_NAN_WORD.findall(line)) - len(_NAN_WORD.findall(text))  # those outside strings
+                if nans:
+                    repairs["nan_as_missing"] += nans
         if obj is _NOTHING and orjson is not None:
             try:
                 obj = json.loads(line)
@@ -556,7 +566,7 @@ class MetaSpec:
 
     id_key: str
     quotes: bytes
-    item: Callable[[dict[str, Any]], dict[str, Any]]
+    item: Callable[[dict[str, Any], Counter], dict[str, Any]]  # record, repairs counter -> item fields
 
     @property
     def id_regex(self) -> re.Pattern[bytes]:
@@ -609,18 +619,18 @@ def read_meta_lines(
         idx, starts, ends = _lines_to_parse(block, spec, wanted_bytes)
         lines = first_line + len(ends) - 1
         for k in idx.tolist():
-            text = _decode(block[starts[k] : ends[k]])
+            text = decode_line(block[starts[k] : ends[k]], bad.repairs)
             if not text.strip():
                 continue
             try:
-                rec = parse_record(text)
+                rec = parse_record(text, bad.repairs)
                 item_id = _id_value(rec.get(spec.id_key), spec.id_key)
             except ValueError as exc:
                 bad.add(first_line + k, str(exc))
                 continue
             if wanted is not None and item_id not in wanted:
                 continue
-            yield {"item_id": item_id, **spec.item(rec)}
+            yield {"item_id": item_id, **spec.item(rec, bad.repairs)}
     return lines
 
 
