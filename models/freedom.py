@@ -69,7 +69,8 @@ class FREEDOM(Recommender):
         deg_u = np.asarray(data.train.sum(axis=1)).ravel()
         deg_i = np.asarray(data.train.sum(axis=0)).ravel()
         self.edges = (coo.row.astype(np.int64), coo.col.astype(np.int64))
-        self.edge_weights = torch.from_numpy(1.0 / np.sqrt((deg_u[coo.row] + 1e-7) * (deg_i[coo.col] + 1e-7)))
+        # a numpy array: the pruning draws on the CPU whatever the device, so it is the same everywhere
+        self.edge_weights = 1.0 / np.sqrt((deg_u[coo.row] + 1e-7) * (deg_i[coo.col] + 1e-7))
         self.train_adj = self.full_adj
 
     def on_epoch_start(self, epoch: int, rng: np.random.Generator) -> None:
@@ -78,12 +79,13 @@ class FREEDOM(Recommender):
             return
         n_keep = int(len(self.edge_weights) * (1.0 - self.hp.dropout))
         generator = torch.Generator().manual_seed(int(rng.integers(2**31)))
-        keep = torch.multinomial(self.edge_weights, n_keep, replacement=False, generator=generator).numpy()
+        weights = torch.from_numpy(self.edge_weights)
+        keep = torch.multinomial(weights, n_keep, replacement=False, generator=generator).numpy()
         kept = sp.csr_matrix(
             (np.ones(n_keep, np.float32), (self.edges[0][keep], self.edges[1][keep])),
             shape=(self.n_users, self.n_items),
         )
-        self.train_adj = sparse_tensor(sym_normalize(bipartite_adjacency(kept)))
+        self.train_adj = sparse_tensor(sym_normalize(bipartite_adjacency(kept))).to(self.device)
 
     def propagate(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.item_emb

@@ -35,4 +35,4 @@ class ItemKNN(Recommender):
 
     @torch.no_grad()
     def scorer(self) -> Scorer:
-        return lambda users: torch.from_numpy(self.score_matrix[users.numpy()].toarray())
+        return lambda users: torch.from_numpy(self.score_matrix[users.cpu().numpy()].toarray()).to(users.device)

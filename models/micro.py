@@ -49,7 +49,7 @@ def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float, chunk: int = 4096) 
         anchor = a[start : start + chunk]
         intra = torch.exp(anchor @ a.T / tau)
         inter = torch.exp(anchor @ b.T / tau)
-        rows = torch.arange(len(anchor))
+        rows = torch.arange(len(anchor), device=anchor.device)
         positive = inter[rows, rows + start]
         denominator = intra.sum(1) + inter.sum(1) - intra[rows, rows + start]
         losses.append(-torch.log(positive / denominator))

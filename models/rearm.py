@@ -113,7 +113,7 @@ class PositionAttention(nn.Module):
         if self.training and self.dropout >= 1:
             weights = torch.zeros_like(weights)
         elif self.training and self.dropout > 0:  # inverted dropout; uniform draws are faster than bernoulli_
-            keep = torch.rand(weights.shape) >= self.dropout
+            keep = torch.rand(weights.shape, device=weights.device) >= self.dropout
             weights = weights * keep / (1.0 - self.dropout)
         return self.out(weights @ v.unsqueeze(2)).squeeze(2)
 
@@ -140,7 +140,7 @@ class MetaShared(nn.Module):
 
 def info_nce(view_a: torch.Tensor, view_b: torch.Tensor, tau: float) -> torch.Tensor:
     a, b = F.normalize(view_a, dim=1), F.normalize(view_b, dim=1)
-    return F.cross_entropy(a @ b.T / tau, torch.arange(len(a)))
+    return F.cross_entropy(a @ b.T / tau, torch.arange(len(a), device=a.device))
 
 
 def orthogonality(x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:

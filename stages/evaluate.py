@@ -37,7 +37,7 @@ HEADLINE = ("recall@20", "ndcg@20")  # the metrics published tables give; always
 
 
 def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
-    keys = ["evaluate", "train.num_threads"]
+    keys = ["evaluate", "train.num_threads", "train.device"]
     return keys + (["pipeline.modalities"] if group != "id" else [])
 
 
@@ -85,9 +85,9 @@ def run(
     hp = spec.cls.HParams.parse(checkpoint["hp"], f"{files.checkpoint} hp")
     net = spec.cls(data, hp)
     net.load_state_dict(checkpoint["state_dict"])
-    net.eval()
+    net.move_to(spec.device).eval()
     ks = sorted(set(cfg.topk))
-    metrics, ranking = evaluate(net.scorer(), split.train, split.test, ks, cfg.batch_users)
+    metrics, ranking = evaluate(net.scorer(), split.train, split.test, ks, cfg.batch_users, spec.device)
 
     test_users = np.flatnonzero(np.diff(split.test.indptr) > 0)
     result: dict[str, Any] = {

@@ -36,6 +36,7 @@ from tqdm import tqdm
 
 from mmpipe import lmdb_store
 from mmpipe.config import Config, ParamsError, param
+from mmpipe.devices import resolve_device
 from mmpipe.io import read_parquet, write_json
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, DatasetDir
@@ -51,7 +52,7 @@ COMMIT_SECONDS = 60.0  # ... or after this long, whichever comes first
 
 
 def param_keys(dataset: str, feature_set: str, modality: str) -> list[str]:
-    return [f"features.{feature_set}.{modality}", "features.fill", "features.allow_download"]
+    return [f"features.{feature_set}.{modality}", "features.fill", "features.allow_download", "features.device"]
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,7 @@ class FeaturesOptions(Config):
 
     fill: Literal["mean", "zero"] = param("mean", doc="vector of items without input")
     allow_download: bool = param(False, doc="let transformers fetch models from the hub")
+    device: str = param("auto", doc="auto (a GPU when visible), cpu, cuda or cuda:N")
 
 
 def read_config(params: dict[str, Any], feature_set: str, modality: str) -> tuple[EncoderConfig, FeaturesOptions]:
@@ -236,7 +238,8 @@ def run(
     use_threads(None)
     label = f"{dataset}/{feature_set}/{modality}"
     name = f"features.{feature_set}.{modality}"
-    model = ENCODERS[encoder.kind](name, encoder, options.allow_download)
+    device = resolve_device(options.device, "features.device")
+    model = ENCODERS[encoder.kind](name, encoder, options.allow_download, device)
     fp = fingerprint(model.fingerprint_parts)
     inputs = ItemInputs(model.modality, ds, encoder.template, fp)
     cache_path = ds.feature_cache(feature_set, modality)

@@ -25,6 +25,7 @@ from typing import Any
 import torch
 
 from mmpipe.config import ParamsError
+from mmpipe.devices import resolve_device
 from mmpipe.io import write_bytes, write_json, write_text
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, RUNS, DatasetDir, RunFiles, run_dir
@@ -43,7 +44,7 @@ OPTIONAL_FLAGS = ("feature_set",)
 
 
 def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
-    keys = ["train.common", "train.datasets", "train.num_threads", f"train.{model}"]
+    keys = ["train.common", "train.datasets", "train.num_threads", "train.device", f"train.{model}"]
     return keys + (["pipeline.modalities"] if group != "id" else [])
 
 
@@ -59,6 +60,7 @@ class RunSpec:
     cls: type[Recommender]
     modalities: tuple[str, ...]  # the feature set's modalities the model may read (none for ID models)
     num_threads: int
+    device: torch.device
     runs: Path = RUNS
 
     @property
@@ -95,10 +97,15 @@ def run_spec(
             f"model '{model}' (group {group}): a feature set is given exactly when the model reads features"
         )
     modalities = pipeline.modalities(params) if group != "id" else ()
-    threads = (params.get("train") or {}).get("num_threads", 0)
+    train = params.get("train") or {}
+    threads = train.get("num_threads", 0)
     if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
         raise ParamsError(f"params.yaml: train.num_threads = {threads!r}: expected an integer >= 0 (0: all cores)")
-    return RunSpec(dataset, model, setting, group, feature_set, cls, modalities, threads, Path(runs))
+    device = train.get("device", "auto")
+    if not isinstance(device, str):
+        raise ParamsError(f"params.yaml: train.device = {device!r}: expected auto, cpu, cuda or cuda:N")
+    device = resolve_device(device, "train.device")
+    return RunSpec(dataset, model, setting, group, feature_set, cls, modalities, threads, device, Path(runs))
 
 
 def training_config(spec: RunSpec, params: dict[str, Any]) -> tuple[HParams, TrainConfig]:
@@ -166,14 +173,15 @@ def run(
     data, split = load_data(spec, processed)
 
     torch.manual_seed(cfg.seed)
-    net = spec.cls(data, hp)
-    result = fit(net, data, split.valid, cfg, log, progress=not progress_disabled())
+    net = spec.cls(data, hp).move_to(spec.device)
+    result = fit(net, data, split.valid, cfg, log, progress=not progress_disabled(), num_threads=spec.num_threads)
     files = spec.files
     epochs = [r for r in result.history if r.get("train_seconds")]
     summary = {
         "model": model,
         "setting": setting,
         "feature_set": feature_set,
+        "device": str(spec.device),
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "best_valid": {k: round(v, 6) for k, v in result.best_valid.items()},

@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from mmpipe.config import Config, ParamsError
+from mmpipe.devices import to_device
 
 # What a model reads, and so which dvc.yaml stage group (train_<reads>) must run it.
 READS = ("id", "feat", "graph")
@@ -100,6 +101,22 @@ class Recommender(nn.Module):
             raise TypeError(f"{self.name}: expected {self.HParams.__name__}, got {type(hp).__name__}")
         self.n_users, self.n_items = data.n_users, data.n_items
         self.hp = hp
+        self.device = torch.device("cpu")  # models are built on the CPU; `move_to` sends them elsewhere
+
+    def move_to(self, device: torch.device) -> Recommender:
+        """Parameters, buffers and every tensor kept as a plain attribute (the sparse graphs, lists and
+        dicts of them) onto `device`; tensors a model makes later use `self.device`."""
+        self.to(device)
+        for module in self.modules():
+            for name, value in list(vars(module).items()):
+                if name.startswith("_"):
+                    continue
+                moved = to_device(value, device)
+                if moved is not value:
+                    object.__setattr__(module, name, moved)
+            if isinstance(module, Recommender):
+                module.device = device
+        return self
 
     @property
     def lr(self) -> float | None:

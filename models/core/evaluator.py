@@ -84,8 +84,13 @@ def rank(
     max_k: int,
     batch_users: int = 1024,
     users: np.ndarray | None = None,
+    device: torch.device | str = "cpu",
 ) -> Ranking:
-    """Rank all items for each user with relevant items in `truth` (and training history)."""
+    """Rank all items for each user with relevant items in `truth` (and training history).
+
+    `score_fn` gets the user indices on `device` (where the model is) and scores there: on a GPU the
+    masking and the top-k run on the GPU too; only the top-k lists come back.
+    """
     train = sp.csr_matrix(train)
     truth = sp.csr_matrix(truth)
     if users is None:
@@ -100,13 +105,14 @@ def rank(
     with torch.no_grad():
         for start in range(0, len(users), batch_users):
             batch = users[start : start + batch_users]
-            scores = score_fn(torch.from_numpy(batch)).detach().float().clone()
+            scores = score_fn(torch.from_numpy(batch).to(device)).detach().float().clone()
             seen = train[batch].tocoo()
-            scores[torch.from_numpy(seen.row).long(), torch.from_numpy(seen.col).long()] = -torch.inf
+            rows, cols = (torch.from_numpy(a).long().to(scores.device) for a in (seen.row, seen.col))
+            scores[rows, cols] = -torch.inf
             values, order = stable_topk(scores, max_k)
-            top = order.numpy()
+            top = order.cpu().numpy()
             topk[start : start + len(batch)] = top
-            top_scores[start : start + len(batch)] = values.numpy()
+            top_scores[start : start + len(batch)] = values.cpu().numpy()
             relevant = truth[batch].tocoo()
             relevant_keys = relevant.row.astype(np.int64) * n_items + relevant.col
             top_keys = np.arange(len(batch), dtype=np.int64)[:, None] * n_items + top
@@ -121,8 +127,9 @@ def evaluate(
     truth: sp.csr_matrix,
     ks: Sequence[int],
     batch_users: int = 1024,
+    device: torch.device | str = "cpu",
 ) -> tuple[dict[str, float], Ranking]:
-    ranking = rank(score_fn, train, truth, max(ks), batch_users)
+    ranking = rank(score_fn, train, truth, max(ks), batch_users, device=device)
     if len(ranking.users) == 0:
         raise ValueError("no user has both training interactions and relevant items to evaluate")
     metrics = metrics_from_hits(ranking.hits, ranking.n_relevant, ks)

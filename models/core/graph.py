@@ -119,7 +119,7 @@ def knn_tensor(features: torch.Tensor, k: int, block_mb: float = 64) -> torch.Te
     rows, cols, vals = [], [], []
     for start in range(0, n, block):
         top_vals, top_idx = torch.topk(unit[start : start + block] @ unit.T, k, dim=1)
-        rows.append(torch.arange(start, start + len(top_idx)).repeat_interleave(k))
+        rows.append(torch.arange(start, start + len(top_idx), device=features.device).repeat_interleave(k))
         cols.append(top_idx.reshape(-1))
         vals.append(top_vals.reshape(-1))
     indices = torch.stack([torch.cat(rows), torch.cat(cols)])
@@ -131,7 +131,7 @@ def sym_normalize_tensor(adj: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     adj = adj.coalesce()
     rows, cols = adj.indices()
     values = adj.values()
-    deg = torch.zeros(adj.shape[0], dtype=values.dtype).index_add(0, rows, values) + eps
+    deg = torch.zeros(adj.shape[0], dtype=values.dtype, device=values.device).index_add(0, rows, values) + eps
     scale = deg.pow(-0.5)
     return torch.sparse_coo_tensor(
         adj.indices(), values * scale[rows] * scale[cols], adj.shape, check_invariants=False

@@ -108,8 +108,18 @@ class Encoder:
     kind: ClassVar[str]
     modality: ClassVar[str]  # "text" or "image"
 
-    def __init__(self, name: str, cfg: EncoderConfig | dict[str, Any], allow_download: bool) -> None:
-        """`name` is the params path of the block (e.g. features.default.text), for messages."""
+    def __init__(
+        self,
+        name: str,
+        cfg: EncoderConfig | dict[str, Any],
+        allow_download: bool,
+        device: torch.device | str = "cpu",
+    ) -> None:
+        """`name` is the params path of the block (e.g. features.default.text), for messages.
+
+        The device is not part of the fingerprint: vectors computed on a GPU and on the CPU agree to
+        float precision, so one cache serves both (a GPU machine fills it, a laptop reuses it)."""
+        self.device = torch.device(device)
         if not isinstance(cfg, EncoderConfig):
             cfg = EncoderConfig.parse({"kind": self.kind, **cfg}, name)
         self.name, self.cfg = name, cfg
@@ -126,6 +136,7 @@ class Encoder:
             if self.local:
                 raise
             raise ModelUnavailable(offline_hint(f"{name}.model", self.ref)) from exc
+        self.model.to(self.device)
         self.fingerprint_parts: dict[str, Any] = {
             "kind": self.kind,
             "weights": sha256_tree(self.path) if self.local else self.ref,
@@ -147,7 +158,7 @@ class Encoder:
         emb = emb.float()
         if self.normalize:
             emb = torch.nn.functional.normalize(emb, dim=-1)
-        return emb.numpy()
+        return emb.cpu().numpy()
 
 
 class SBERTEncoder(Encoder):
@@ -160,7 +171,7 @@ class SBERTEncoder(Encoder):
         from sentence_transformers import SentenceTransformer
 
         try:
-            self.model = SentenceTransformer(self.path, device="cpu", local_files_only=local_only)
+            self.model = SentenceTransformer(self.path, device=str(self.device), local_files_only=local_only)
         except Exception as exc:  # sentence-transformers wraps hub errors in several types
             raise OSError(str(exc)) from exc
         self.model.max_seq_length = cfg.max_tokens
@@ -177,7 +188,7 @@ class SBERTEncoder(Encoder):
             )
         if progress:
             progress(len(inputs))
-        return self._finish(emb.cpu())
+        return self._finish(emb)
 
 
 class _TokenizedTextEncoder(Encoder):
@@ -197,7 +208,7 @@ class _TokenizedTextEncoder(Encoder):
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
                 batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
-                emb = self._finish(self._forward(dict(batch)))
+                emb = self._finish(self._forward({k: v.to(self.device) for k, v in batch.items()}))
                 if out is None:
                     out = np.zeros((len(ids), emb.shape[1]), dtype=np.float32)
                 out[rows] = emb
@@ -293,7 +304,7 @@ class ClipImageEncoder(Encoder):
                 if n + 1 < len(starts):  # decode the next batch while this one runs through the model
                     nxt = starts[n + 1]
                     upcoming = decoder.submit(self._pixels, inputs[nxt : nxt + self.batch_size])
-                out[start : start + len(pixels)] = self._finish(self.image_features(pixels))
+                out[start : start + len(pixels)] = self._finish(self.image_features(pixels.to(self.device)))
                 if progress:
                     progress(len(pixels))
         return out
