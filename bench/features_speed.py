@@ -25,6 +25,7 @@ import torch
 
 from mmpipe import lmdb_store
 from mmpipe.io import read_parquet, write_parquet
+from mmpipe.schemas import item_text
 from mmpipe.threads import use_threads
 from stages import download, features, images, ingest
 from stages.common.params import load_params
@@ -58,7 +59,7 @@ def demo_data(tmp: Path) -> tuple[Path, list[str], list[bytes]]:
     items = read_parquet(tmp / "processed/demo/items.parquet").to_pylist()
     fields = ("title", "brand", "categories", "description")
     template = params["features"]["default"]["text"]["template"]
-    texts = [t for t in (features.render_text({k: r[k] for k in fields}, template) for r in items) if t]
+    texts = [t for t in (item_text({k: r[k] for k in fields}, template) for r in items) if t]
     with lmdb_store.reading(tmp / "processed/demo/images.lmdb") as txn:
         jpegs = [value for _, value in txn.cursor()]
     return tmp / "processed", texts, jpegs

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from bench import features_speed, graphs_knn, ingest_scale, mmrec_baby, models_speed, pipeline_timing
+from bench import (
+    features_speed,
+    graphs_knn,
+    ingest_scale,
+    mmrec_baby,
+    models_speed,
+    pipeline_timing,
+    pmmrec_ablation,
+    pmmrec_real,
+)
 
 BENCHMARKS = [
     ("pipeline_timing: per-stage wall time of `dvc repro` on the default demo", pipeline_timing.main),
@@ -13,6 +22,7 @@ BENCHMARKS = [
     ("ingest_scale: ingest of 10M review + 1M meta lines (2014 format, gzip); lines/s, peak RSS", ingest_scale.main),
     ("graphs_knn: blockwise kNN on 200,000 x 512 vs dense N x N (about 8 minutes)", graphs_knn.main),
 ]
+ABLATION = "pmmrec_ablation: PMMRec's losses off one at a time on demo_b, 3 seeds (about 5 minutes)"
 REAL_DATA = ("mmrec_baby: BPR and LightGCN on real Amazon Baby vs MMRec's table (about 12 minutes)", mmrec_baby.main)
 
 
@@ -20,12 +30,23 @@ def main() -> int:
     for title, run in BENCHMARKS:
         print(f"\n== {title} ==", flush=True)
         run([])
+    print(f"\n== {ABLATION} ==", flush=True)
+    if (pmmrec_ablation.ROOT / "processed/demo_b/interactions.parquet").is_file():
+        pmmrec_ablation.main([])
+    else:
+        print("not run: the workspace has no processed/demo_b yet (run `dvc repro` first)")
     title, run = REAL_DATA
     print(f"\n== {title} ==", flush=True)
     if mmrec_baby.DEFAULT_INTER.is_file():
         run([])
     else:
         print(f"not run: {mmrec_baby.DEFAULT_INTER} is not here (real data, not shipped with the project)")
+    for dataset, minutes in (("scientific", 17), ("beauty", 4)):
+        print(f"\n== pmmrec_real {dataset}: SASRec / PMMRec on real sequences (about {minutes} minutes) ==", flush=True)
+        if pmmrec_real.DATA.is_dir():
+            pmmrec_real.main(["--dataset", dataset])
+        else:
+            print(f"not run: {pmmrec_real.DATA} is not here (real data, not shipped with the project)")
     return 0
 
 

@@ -9,11 +9,13 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mmpipe.config import ParamsError
 from mmpipe.io import read_parquet, write_parquet
 
 # interactions.parquet and coldstart.parquet; split: 0 train, 1 valid, 2 test
@@ -40,6 +42,22 @@ ITEMS = pa.schema(
 USERS = pa.schema([("user_idx", pa.int32()), ("user_id", pa.string())])
 SPLIT_CODES = {"train": 0, "valid": 1, "test": 2}
 ITEM_FIELDS = tuple(name for name in ITEMS.names if name not in ("item_idx", "item_id"))
+
+
+def item_text(row: dict[str, Any], template: str) -> str:
+    """An item's text: the template filled from its row (items.parquet fields); missing fields become empty,
+    spaces collapse. One rule for the feature encoders and the end-to-end text towers."""
+    values = {
+        key: (" ".join(value) if isinstance(value, list) else str(value)) if value else "" for key, value in row.items()
+    }
+    try:
+        text = template.format_map(values)
+    except KeyError as exc:
+        raise ParamsError(
+            f"params.yaml: the text template uses field {exc} that items.parquet does not have "
+            f"(fields: {sorted(values)})"
+        ) from None
+    return " ".join(text.split())
 
 
 def features_schema(dim: int) -> pa.Schema:

@@ -10,6 +10,8 @@ first; it checks, with messages naming the key, the value and what is allowed:
 * every enabled dataset's `datasets.<ds>` block, every encoder block, every listed model's
   `train.<model>` block (unknown keys, types, ranges) and the training protocol per dataset;
 * that a model asking for a modality (`train.<model>.modalities`) gets one the pipeline has;
+* PMMRec's blocks (`train.pmmrec`, `seq.train`, `seq.pretrain`, every listed `seq.variants.<v>`) when
+  pre-training or transfer is enabled;
 * that `pipeline.demo_encoders` lists exactly the demo models (raw/encoders/<name>) that enabled
   encoders and models use, so the demo CLIP is built only when something reads it.
 
@@ -30,7 +32,7 @@ from mmpipe.paths import ENCODERS, PROCESSED
 from models.core.registry import get_model, model_config, model_names
 from models.core.trainer import TrainConfig
 from stages import features
-from stages.common import pipeline
+from stages.common import pipeline, sequential
 from stages.common.datasets import dataset_config
 from stages.common.params import declared, run_stage
 
@@ -41,7 +43,7 @@ CONTENT = "params.yaml passed `python -m stages.check`\n"
 
 
 def param_keys() -> list[str]:
-    return ["pipeline", "datasets", "features", "train", "demo_encoders"]
+    return ["pipeline", "datasets", "features", "train", "demo_encoders", "seq"]
 
 
 def demo_models_used(blocks: list[Any], demo_names: set[str]) -> set[str]:
@@ -61,12 +63,12 @@ def demo_models_used(blocks: list[Any], demo_names: set[str]) -> set[str]:
     return used
 
 
-def check_demo_encoders(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> None:
+def check_demo_encoders(cfg: pipeline.PipelineConfig, params: dict[str, Any], seq_refs: set[str]) -> None:
     """pipeline.demo_encoders must be exactly the demo models that enabled encoders and models use."""
     demo_blocks = params.get("demo_encoders") or {}
     features = params.get("features") or {}
     train = params.get("train") or {}
-    blocks = [features.get(s) for s in cfg.feature_sets] + [train.get(m) for m in cfg.models()]
+    blocks = [features.get(s) for s in cfg.feature_sets] + [train.get(m) for m in cfg.models()] + sorted(seq_refs)
     used = demo_models_used(blocks, set(demo_blocks))
     listed = set(cfg.demo_encoders)
     for name in sorted(listed - set(demo_blocks)):
@@ -134,7 +136,8 @@ def run(params: dict[str, Any], out: Path = OUT) -> Path:
             features.read_config(params, feature_set, modality)
             encoders += 1
     models = check_models(cfg, params)
-    check_demo_encoders(cfg, params)
+    seq_refs = sequential.check_params(cfg, params)
+    check_demo_encoders(cfg, params, seq_refs)
     write_text(out, CONTENT)
     log.info(
         "params.yaml: %d datasets, %d feature sets x %d modalities (%d encoders), %d model runs per dataset: valid",

@@ -40,7 +40,7 @@ from mmpipe.devices import resolve_device
 from mmpipe.io import read_parquet, write_json
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, DatasetDir
-from mmpipe.schemas import ITEM_FIELDS, read_features, write_features
+from mmpipe.schemas import ITEM_FIELDS, item_text, read_features, write_features
 from mmpipe.threads import use_threads
 from stages.common.params import declared, run_stage
 from stages.encoders.kinds import ENCODERS, EncoderConfig
@@ -81,21 +81,6 @@ def read_config(params: dict[str, Any], feature_set: str, modality: str) -> tupl
     return encoder, options
 
 
-def render_text(row: dict[str, Any], template: str) -> str:
-    """Fill the text template from an item row; missing fields become empty, spaces collapse."""
-    values = {
-        key: (" ".join(value) if isinstance(value, list) else str(value)) if value else "" for key, value in row.items()
-    }
-    try:
-        text = template.format_map(values)
-    except KeyError as exc:
-        raise ParamsError(
-            f"params.yaml: the text template uses field {exc} that items.parquet does not have "
-            f"(fields: {sorted(values)})"
-        ) from None
-    return " ".join(text.split())
-
-
 def fingerprint(parts: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
 
@@ -119,7 +104,7 @@ class ItemInputs:
         self.item_ids = [row["item_id"] for row in items]
         self.keys: list[bytes | None] = []
         if modality == "text":
-            self.texts = [render_text({k: row.get(k) for k in ITEM_FIELDS}, template) or None for row in items]
+            self.texts = [item_text({k: row.get(k) for k in ITEM_FIELDS}, template) or None for row in items]
             self.keys = [cache_key(fp, t.encode("utf-8")) if t else None for t in self.texts]
         else:
             with lmdb_store.reading(self.images) as txn:

@@ -3,7 +3,9 @@
 Reads every run of the enabled datasets and models (`runs/.../evaluation.json` and `history.csv`) and
 writes `reports/results.md` (Recall/NDCG@10/20 on test, the best validation value, with published
 numbers beside ours where the dataset names a table of `reports/published.yaml`), `reports/results.csv`
-(one row per run, every metric) and `reports/plots/*.png` (validation curves).
+(one row per run, every metric) and `reports/plots/*.png` (validation curves). PMMRec's transfer runs
+get one table per target (SASRec, from scratch, each pre-trained part, one modality) and
+`reports/sequential.csv`.
 """
 
 from __future__ import annotations
@@ -74,7 +76,7 @@ def runs_of(cfg: pipeline.PipelineConfig, dataset: str) -> list[tuple[str, str, 
 def collect(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[dict[str, Any]]:
     """One record per existing run of an enabled dataset/model/setting/feature set."""
     records = []
-    for dataset in cfg.datasets:
+    for dataset in cfg.train_datasets:
         for model, setting, feature_set in runs_of(cfg, dataset):
             files = RunFiles(run_dir(dataset, model, setting, feature_set, runs_root))
             if files.evaluation.is_file():
@@ -168,6 +170,58 @@ def dataset_section(
     return md
 
 
+def collect_sequential(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[dict[str, Any]]:
+    """The evaluation of every enabled PMMRec transfer run (target x variant) that exists."""
+    out = []
+    for target in cfg.transfer_targets:
+        for variant in cfg.transfer_variants:
+            path = RunFiles(run_dir(target, "pmmrec", variant, runs=runs_root)).evaluation
+            if path.is_file():
+                out.append(read_json(path))
+    return out
+
+
+SEQ_TABLE = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")  # PMMRec reports HR/NDCG@10
+
+
+def sequential_sections(cfg: pipeline.PipelineConfig, records: list[dict[str, Any]], runs_root: Path) -> list[str]:
+    """One table per transfer target: SASRec, PMMRec from scratch, transferred per part, one modality."""
+    md: list[str] = []
+    for target in cfg.transfer_targets:
+        recs = [r for r in records if r["target"] == target]
+        if not recs:
+            continue
+        info = recs[0]
+        md += [
+            f"## {target}: sequential (PMMRec, leave-one-out, full ranking)",
+            "",
+            f"{info['users']} sequences ({info['users_dropped_short']} users with fewer than 3 items dropped), "
+            f"{info['items']} items; the last item of each user is the test target, the one before the validation "
+            "target; the user's history is masked.",
+            "",
+        ]
+        for source in cfg.pretrain_sources:
+            path = RunFiles(run_dir(source, "pmmrec", "pretrain", runs=runs_root)).train_summary
+            if path.is_file():
+                pre = read_json(path)
+                md += [
+                    f"Pre-trained on {source}: {pre['users']} sequences, {pre['epochs_run']} epochs (best "
+                    f"{pre['best_epoch']}, valid HR@10 {pre['best_valid'].get('hr@10', float('nan')):.4f}), "
+                    f"{pre['seconds_per_epoch']:.1f} s/epoch.",
+                    "",
+                ]
+        header = ["variant", "item tower", "pre-trained part", *SEQ_TABLE, "valid hr@10", "best epoch", "s/epoch",
+                  "encoder params trained"]  # fmt: skip
+        rows = [
+            [r["variant"], r["item_tower"], r["pretrain_part"], *(f"{r['test'][m]:.4f}" for m in SEQ_TABLE),
+             f"{r['valid'].get('hr@10', float('nan')):.4f}", str(r["best_epoch"]), f"{r['seconds_per_epoch']:.2f}",
+             f"{r['encoder_params_trained']:,}"]
+            for r in recs
+        ]  # fmt: skip
+        md += [markdown_table(rows, header), "", "Every metric at every cut-off: sequential.csv.", ""]
+    return md
+
+
 def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS) -> str:
     start = time.perf_counter()
     params = declared(params, param_keys())
@@ -175,7 +229,8 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
     valid_metric = params["train"]["common"]["valid_metric"]
     tables = load_published()
     records = collect(cfg, runs_root)
-    if not records:
+    sequential = collect_sequential(cfg, runs_root)
+    if not records and not sequential:
         raise FileNotFoundError(f"{runs_root}: no evaluation.json for the enabled datasets/models; run evaluate first")
     columns = metric_columns(records)
 
@@ -187,7 +242,7 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
         "",
     ]
     csv_rows = []
-    for dataset in cfg.datasets:
+    for dataset in cfg.train_datasets:
         name = dataset_config(params, dataset).published
         if name is not None and name not in tables:
             raise ParamsError(
@@ -219,7 +274,16 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
             plot = f"plots/{dataset}_{setting}_valid_{valid_metric.replace('@', '_at_')}.png"
             md += [f"![valid {valid_metric}]({plot})", ""]
 
+    md += sequential_sections(cfg, sequential, runs_root)
     out_root.mkdir(parents=True, exist_ok=True)
+    seq_buf = io.StringIO()
+    seq_columns = sorted(
+        {k for r in sequential for k in r["test"]}, key=lambda k: (k.split("@")[0], int(k.split("@")[1]))
+    )
+    writer = csv.DictWriter(seq_buf, fieldnames=["dataset", "variant", *seq_columns], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows({"dataset": r["target"], "variant": r["variant"], **r["test"]} for r in sequential)
+    write_text(out_root / "sequential.csv", seq_buf.getvalue())
     with atomic_dir(out_root / "plots") as tmp:
         plots = plot_curves(records, tmp, valid_metric)
     buf = io.StringIO()

@@ -24,6 +24,15 @@ def tiny_params() -> dict[str, Any]:
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     params = copy.deepcopy(params)
     params["datasets"] = {"demo": dict(TINY_DEMO)}
+    # PMMRec has its own tests (tests/test_pmmrec.py); the DAG tests run the other models
+    params["pipeline"].update(
+        datasets=["demo"],
+        train_datasets=["demo"],
+        pretrain_sources=[],
+        transfer_targets=[],
+        transfer_variants=[],
+        demo_encoders=["demo-clip"],
+    )
     params["images"]["size"] = 48
     params["demo_encoders"]["demo-clip"].update(
         hidden_size=32, image_size=32, patch_size=8, projection_dim=16, vocab_size=400

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from mmpipe.io import read_json, read_parquet, write_parquet
-from mmpipe.schemas import read_features
+from mmpipe.schemas import item_text, read_features
 from stages import features
 from stages.encoders.builders import build_roberta
 from stages.encoders.kinds import ENCODERS, ClipImageEncoder, ModelUnavailable, RobertaEncoder
@@ -45,12 +45,12 @@ def project(tmp_path, demo_project) -> Path:
     return root
 
 
-def test_render_text_template_handles_missing_fields():
+def test_item_text_template_handles_missing_fields():
     row = {"title": "Soft Rattle", "brand": None, "categories": ["Baby", "Toys"], "description": ""}
-    assert features.render_text(row, "{title} {brand} {categories} {description}") == "Soft Rattle Baby Toys"
-    assert features.render_text({"title": None}, "{title}") == ""
+    assert item_text(row, "{title} {brand} {categories} {description}") == "Soft Rattle Baby Toys"
+    assert item_text({"title": None}, "{title}") == ""
     with pytest.raises(ValueError, match="field 'colour'"):
-        features.render_text(row, "{colour}")
+        item_text(row, "{colour}")
 
 
 def test_registry_has_the_four_kinds():

@@ -31,7 +31,9 @@ def write_run(root, dataset, model, setting, recall, scores_cold=True, epochs=3,
 
 def test_report_tables_published_numbers_and_plots(tmp_path, params):
     runs = tmp_path / "runs"
-    params["pipeline"].update(datasets=["baby"], id_models=["bpr"], feature_models=["vbpr"], graph_models=[])
+    params["pipeline"].update(
+        datasets=["baby"], train_datasets=["baby"], id_models=["bpr"], feature_models=["vbpr"], graph_models=[]
+    )
     params["datasets"] = {"baby": {"source": "mmrec", "published": "mmrec-baby"}}
     write_run(runs, "baby", "bpr", "warm", 1.0, scores_cold=False, feature_set=None)
     write_run(runs, "baby", "vbpr", "warm", 2.0)
@@ -53,7 +55,7 @@ def test_report_tables_published_numbers_and_plots(tmp_path, params):
 
 
 def test_report_names_an_unknown_published_table(tmp_path, params):
-    params["pipeline"].update(datasets=["baby"], id_models=["bpr"])
+    params["pipeline"].update(datasets=["baby"], train_datasets=["baby"], id_models=["bpr"])
     params["datasets"] = {"baby": {"source": "mmrec", "published": "mmrec-babby"}}
     write_run(tmp_path / "runs", "baby", "bpr", "warm", 1.0, scores_cold=False, feature_set=None)
     with pytest.raises(ValueError, match=r"published = 'mmrec-babby' is not a table of .*mmrec-baby, mmrec-sports"):

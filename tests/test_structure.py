@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
-from models.core.registry import all_models, model_names
+from models.core.registry import all_models
 from stages import check
 from stages.common.pipeline import MODEL_LISTS
 from tests import code_deps
@@ -65,7 +65,8 @@ def code_dep_problems(dvc: dict[str, Any]) -> list[str]:
             if "models/${item.model}.py" not in listed:
                 problems.append(f"{name}: models/${{item.model}}.py missing from deps")
             # every model a list may name: its file plus what it imports must be covered by the stage's deps
-            for model in model_names():
+            group = command(stage)[1]["group"]
+            for model in (m for m, cls in all_models().items() if cls.reads == group):  # what the stage may run
                 expected = code_deps.stage_code(module, model)
                 got = sorted(d.replace("${item.model}", model) for d in listed)
                 if got != expected:
@@ -179,7 +180,7 @@ def test_model_group_check_catches_a_misplaced_model_and_a_wrong_list():
         ("pipeline.id_models", ["bpr", "lightgnc"], r"names model 'lightgnc', which does not exist; models: bpr,"),
         ("pipeline.id_models", ["bpr", "vbpr"], r"'vbpr' reads 'feat' inputs, so it belongs in pipeline.feature_mod"),
         ("pipeline.cold_graph_models", ["itemknn", "itemknn"], r"cold_graph_models lists itemknn more than once"),
-        ("pipeline.datasets", ["demo", "dmeo"], r"no block datasets.dmeo .*datasets: demo, baby"),
+        ("pipeline.datasets", ["demo", "demo_b", "dmeo"], r"no block datasets.dmeo .*datasets: demo, demo_b, baby"),
         ("pipeline.feature_sets", ["default", "clipp"], r"key 'features.clipp.text' is missing"),
         ("train.lightgcn", {"n_layers": 2, "n_layer": 3}, r"lightgcn has unknown key 'n_layer' \(known: embedding_"),
         ("train.lightgcn", {"n_layers": "two"}, r"train.lightgcn.n_layers = 'two': expected an integer"),

@@ -30,7 +30,7 @@ from mmpipe.config import Config, ParamsError
 from mmpipe.devices import to_device
 
 # What a model reads, and so which dvc.yaml stage group (train_<reads>) must run it.
-READS = ("id", "feat", "graph")
+READS = ("id", "feat", "graph", "seq")  # seq: sequential models, run by the pretrain/transfer stages
 # The modality a feature slot carries decides how some models treat it (FREEDOM/REARM weigh "image").
 IMAGE = "image"
 

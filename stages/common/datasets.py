@@ -21,7 +21,16 @@ SOURCES = ("demo", "local", *CATALOG_SOURCES)
 COMMON = ("source", "published", "images")
 FILES = ("path", "files", "urls", "sha256", "images_dir")
 SOURCE_KEYS: dict[str, tuple[str, ...]] = {
-    "demo": (*COMMON, "seed", "n_users", "n_items", "mean_interactions", "popularity_sigma", "preference_strength"),
+    "demo": (
+        *COMMON,
+        "seed",
+        "n_users",
+        "n_items",
+        "mean_interactions",
+        "popularity_sigma",
+        "preference_strength",
+        "categories",
+    ),
     "amazon2014": (*COMMON, *FILES, "category", "image_features"),
     "amazon2018": (*COMMON, *FILES, "category"),
     "amazon2023": (*COMMON, *FILES, "category"),
@@ -46,6 +55,7 @@ class DatasetConfig(Config):
     mean_interactions: float = param(12.0, gt=0)
     popularity_sigma: float = param(1.0, ge=0)
     preference_strength: float = param(0.85, ge=0, le=1)
+    categories: tuple[str, ...] | None = param(None, doc="demo: the category names to draw from (null: the default 12)")
     # real sources
     category: str | None = param(None, doc="the release's category name, e.g. Baby")
     name: str | None = param(None, doc="the dataset's name in its source (mmrec: baby; bilibili: bili_food)")

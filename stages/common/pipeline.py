@@ -40,7 +40,11 @@ def check_group(model: str, reads: str, group: str) -> None:
 
 @dataclass(frozen=True)
 class PipelineConfig(Config):
-    datasets: tuple[str, ...] = param(doc="keys of `datasets`")
+    datasets: tuple[str, ...] = param(doc="keys of `datasets`: downloaded, ingested, images prepared")
+    train_datasets: tuple[str, ...] = param([], doc="of `datasets`: features, graphs and the listed models")
+    pretrain_sources: tuple[str, ...] = param([], doc="of `datasets`: PMMRec's pre-training data (one, or none)")
+    transfer_targets: tuple[str, ...] = param([], doc="of `datasets`: PMMRec's transfer targets")
+    transfer_variants: tuple[str, ...] = param([], doc="keys of `seq.variants`")
     demo_encoders: tuple[str, ...] = param([], doc="keys of `demo_encoders`: seeded random models to build")
     feature_sets: tuple[str, ...] = param(["default"], doc="keys of `features` holding one encoder per modality")
     modalities: tuple[str, ...] = param(["text", "image"], doc="the modalities of every feature set")
@@ -53,11 +57,27 @@ class PipelineConfig(Config):
     def check(self, where: str) -> None:
         for name in self.keys():
             values = getattr(self, name)
+            if not isinstance(values, tuple):
+                continue
             twice = sorted({v for v in values if values.count(v) > 1})
             if twice:
                 raise ParamsError(f"params.yaml: {where}.{name} lists {', '.join(twice)} more than once")
         if not self.modalities:
             raise ParamsError(f"params.yaml: {where}.modalities is empty; name at least one modality (text, image)")
+        outside = [
+            d for d in (*self.train_datasets, *self.pretrain_sources, *self.transfer_targets) if d not in self.datasets
+        ]
+        if outside:
+            raise ParamsError(
+                f"params.yaml: {where}: {', '.join(outside)} must also be in {where}.datasets (which are ingested)"
+            )
+        if len(self.pretrain_sources) > 1:
+            raise ParamsError(
+                f"params.yaml: {where}.pretrain_sources = {list(self.pretrain_sources)}: one pre-training dataset "
+                f"(dvc.yaml's transfer stages depend on its checkpoint), or none"
+            )
+        if self.transfer_targets and (not self.pretrain_sources or not self.transfer_variants):
+            raise ParamsError(f"params.yaml: {where}.transfer_targets needs pretrain_sources and transfer_variants")
 
     def models(self) -> list[str]:
         """Every model of every list, once, in list order."""

@@ -126,6 +126,40 @@ CATEGORIES: tuple[Category, ...] = (
     ),
 )
 
+# Categories only a demo that names them uses (`datasets.<ds>.categories`): a second demo domain shares
+# some categories with the default one and has some of its own, so what is learned on one transfers to
+# the other in part. The default demo (all of CATEGORIES) is unchanged by them.
+EXTRA_CATEGORIES: tuple[Category, ...] = (
+    Category(
+        "Books",
+        ("board book", "picture book", "cloth book", "lullaby book"),
+        ("illustrated", "rhyming", "touch-and-feel"),
+        (200, 120, 80),
+        "square",
+    ),
+    Category(
+        "Outdoor",
+        ("sun hat", "splash pad", "sandbox", "wagon"),
+        ("waterproof", "uv-blocking", "sturdy"),
+        (60, 140, 60),
+        "triangle",
+    ),
+    Category(
+        "Travel",
+        ("travel cot", "car mirror", "stroller fan", "diaper backpack"),
+        ("compact", "clip-on", "packable"),
+        (70, 110, 180),
+        "ring",
+    ),
+    Category(
+        "Keepsakes",
+        ("photo frame", "handprint kit", "memory box", "milestone cards"),
+        ("personalized", "engraved", "heirloom"),
+        (210, 180, 140),
+        "cross",
+    ),
+)
+
 GENERIC_WORDS = ("baby", "infant", "toddler", "newborn", "premium", "classic", "value pack", "deluxe", "essential")
 BRANDS = (
     "Sunbeam Kids",
@@ -158,6 +192,18 @@ REVIEW_LINES = (
     "Not bad, a bit smaller than expected.",
     "Arrived quickly.",
 )
+
+
+def categories_of(cfg: dict[str, Any]) -> tuple[Category, ...]:
+    """The categories a demo draws from: all of CATEGORIES, or those `cfg["categories"]` names."""
+    names = cfg.get("categories")
+    if not names:
+        return CATEGORIES
+    known = {c.name: c for c in (*CATEGORIES, *EXTRA_CATEGORIES)}
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise ValueError(f"demo categories {unknown} unknown; known: {', '.join(known)}")
+    return tuple(known[n] for n in names)
 
 
 def vocabulary_texts() -> list[str]:
@@ -229,6 +275,7 @@ def generate(out_dir: Path, cfg: dict[str, Any]) -> dict[str, Any]:
     n_items = int(cfg["n_items"])
     mean_len = float(cfg.get("mean_interactions", 12.0))
     rng = np.random.default_rng(seed)
+    CATEGORIES = categories_of(cfg)  # noqa: N806 (the module's tuple, or the chosen ones)
 
     # Items: category (skewed sizes), heavy-tailed popularity, text and image.
     cat_weights = rng.dirichlet(np.full(len(CATEGORIES), 3.0))

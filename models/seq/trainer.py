@@ -1,0 +1,214 @@
+"""Training and full-ranking evaluation of sequential recommenders (PMMRec, SASRec), on one process or
+many (torchrun + DistributedDataParallel: gloo on the CPU, NCCL on GPUs).
+
+An epoch shuffles the users (seeded) and takes AdamW steps on the model's weighted losses over batches
+of `batch_size` sequences; under DDP each process takes every world_size-th user of the shuffled order
+and the gradients are averaged. Learning rates: `encoder_lr` for the pre-trained text and image encoders
+(weight decay 0, as PMMRec), `lr` for everything else (`weight_decay`). After every epoch all item
+representations are computed without gradients and every user's validation target is ranked against
+all items, the user's history masked; the best epoch by `valid_metric` is kept (patience). HR@K equals
+Recall@K with one target per user, so the shared evaluator gives both HR and NDCG.
+"""
+
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from mmpipe.config import Config, ParamsError, param
+from mmpipe.devices import autocast
+from mmpipe.threads import use_threads
+from models.core.evaluator import evaluate
+from models.core.trainer import seed_everything
+from models.seq.data import Sequences, left_pad, training_batch
+
+
+@dataclass(frozen=True)
+class SeqTrainConfig(Config):
+    """`seq.train`: the training protocol of the sequential models (PMMRec's where it has one)."""
+
+    seed: int = param(2026)
+    epochs: int = param(20, ge=1)
+    patience: int = param(5, ge=1, doc="epochs without a better validation metric before stopping")
+    batch_size: int = param(64, ge=2, doc="sequences per step (PMMRec: 32 per GPU)")
+    max_seq_len: int = param(20, ge=2, doc="items per sequence (PMMRec: 20)")
+    lr: float = param(1e-3, gt=0, doc="user encoder, fusion, projections, heads (PMMRec: 1e-4)")
+    encoder_lr: float = param(1e-4, gt=0, doc="the trainable blocks of the pre-trained encoders")
+    weight_decay: float = param(0.1, ge=0, doc="AdamW, all but the pre-trained encoders (PMMRec: 0.1)")
+    valid_metric: str = param("hr@10", doc="hr@K or ndcg@K (PMMRec: HR@10)")
+    ks: tuple[int, ...] = param([5, 10, 20, 50])
+    eval_batch_users: int = param(256, ge=1)
+    precision: Literal["float32", "bfloat16"] = param("float32", doc="bfloat16: autocast on a GPU")
+
+    def check(self, where: str) -> None:
+        name, _, k = self.valid_metric.partition("@")
+        if name not in ("hr", "ndcg") or not k.isdigit() or int(k) not in self.ks:
+            raise ParamsError(
+                f"params.yaml: {where}.valid_metric = {self.valid_metric!r}: expected hr@K or ndcg@K with K in ks"
+            )
+
+
+@dataclass
+class SeqFitResult:
+    best_state: dict[str, torch.Tensor]
+    best_epoch: int
+    best_valid: dict[str, float]
+    history: list[dict[str, float]]
+
+
+def distributed() -> tuple[int, int]:
+    """(rank, world size) of this process: torchrun sets RANK and WORLD_SIZE; (0, 1) alone."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def init_distributed(device: torch.device) -> tuple[int, int]:
+    """Join the process group torchrun describes (gloo on the CPU, NCCL on GPUs); alone: (0, 1)."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1 or dist.is_initialized():
+        return distributed()
+    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+    return distributed()
+
+
+def hr_metrics(metrics: dict[str, float]) -> dict[str, float]:
+    """Recall@K of one target is HR@K: the evaluator's metrics under their sequential names."""
+    return {k.replace("recall@", "hr@"): v for k, v in metrics.items() if k.split("@")[0] in ("recall", "ndcg")}
+
+
+def rank_users(model: nn.Module, seqs: Sequences, stage: str, ks: list[int], batch_users: int):
+    """Full ranking of every user's `stage` target ('valid' or 'test'); (HR/NDCG metrics, Ranking)."""
+    module = model.module if hasattr(model, "module") else model
+    was_training = module.training
+    module.eval()
+    histories = left_pad([seqs.history(u, stage, module.max_seq_len) for u in range(len(seqs))], module.max_seq_len)
+    histories = histories.to(module.device)
+    item_table = module.all_item_embeddings()
+    mask, truth = seqs.eval_matrices(stage, module.max_seq_len)
+    with torch.no_grad():
+        metrics, ranking = evaluate(
+            lambda users: module.scores(histories[users], item_table), mask, truth, ks, batch_users, module.device
+        )
+    module.train(was_training)
+    return hr_metrics(metrics), ranking
+
+
+def param_groups(model: nn.Module, cfg: SeqTrainConfig) -> list[dict[str, Any]]:
+    """The pre-trained encoders' trainable blocks at encoder_lr without decay, the rest at lr with decay."""
+    module = model.module if hasattr(model, "module") else model
+    towers = [getattr(module, name) for name in ("text", "image") if hasattr(module, name)]
+    encoder_ids = {id(p) for tower in towers for p in tower.encoder.parameters()}
+    encoders = [p for p in module.parameters() if p.requires_grad and id(p) in encoder_ids]
+    rest = [p for p in module.parameters() if p.requires_grad and id(p) not in encoder_ids]
+    groups = [{"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]
+    if encoders:
+        groups.append({"params": encoders, "lr": cfg.encoder_lr, "weight_decay": 0.0})
+    return groups
+
+
+def fit_sequential(
+    model: nn.Module,
+    seqs: Sequences,
+    cfg: SeqTrainConfig,
+    log: logging.Logger,
+    progress: bool = True,
+    num_threads: int | None = None,
+) -> SeqFitResult:
+    """Train on the sequences; keep the best state by the validation metric (on every process alike)."""
+    import torch.distributed as dist
+
+    rank, world = distributed()
+    rng = seed_everything(cfg.seed, module_device(model))
+    generator = torch.Generator().manual_seed(cfg.seed + rank)
+    module = model
+    device = module.device
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        model = DistributedDataParallel(
+            module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+        )
+    optimizer = torch.optim.AdamW(param_groups(module, cfg))
+    ks = sorted(set(cfg.ks))
+    history: list[dict[str, float]] = []
+    best_value, best_epoch, best_valid, stale = -math.inf, 0, {}, 0
+    best_state = _state_on_cpu(module)
+    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress or rank != 0)
+    for epoch in bar:
+        if num_threads is not None:
+            use_threads(num_threads)
+        start = time.perf_counter()
+        model.train()
+        # the same permutation on every process, cut to a multiple of the world size so that every process
+        # takes the same number of steps (DDP synchronises each one)
+        order = rng.permutation(len(seqs))
+        order = order[: len(order) - len(order) % world][rank::world]
+        n_batches = max(1, math.ceil(len(order) / cfg.batch_size))
+        sums: dict[str, float] = {}
+        for b in range(n_batches):
+            users = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            if len(users) < 2:  # in-batch negatives and RCL need at least two sequences
+                continue
+            inputs, targets = (t.to(device) for t in training_batch(seqs, users, cfg.max_seq_len))
+            with autocast(device, cfg.precision):
+                losses = model(inputs, targets, generator)
+            loss = losses["total"]
+            if not torch.isfinite(loss):
+                raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower seq.train.lr")
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            for name, value in losses.items():
+                sums[name] = sums.get(name, 0.0) + float(value.detach())
+        train_s = time.perf_counter() - start
+        eval_start = time.perf_counter()
+        metrics, _ = rank_users(module, seqs, "valid", ks, cfg.eval_batch_users)
+        row = {
+            "epoch": epoch,
+            **{f"loss_{k}" if k != "total" else "loss": round(v / n_batches, 6) for k, v in sums.items()},
+            **{f"valid_{k}": round(v, 6) for k, v in metrics.items()},
+            "train_seconds": round(train_s, 3),
+            "eval_seconds": round(time.perf_counter() - eval_start, 3),
+        }
+        history.append(row)
+        value = metrics[cfg.valid_metric]
+        if value > best_value:
+            best_value, best_epoch, best_valid, stale = value, epoch, metrics, 0
+            best_state = _state_on_cpu(module)
+        else:
+            stale += 1
+        if rank == 0:
+            log.info(
+                "epoch %d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s",
+                epoch, row.get("loss", math.nan), cfg.valid_metric, value, best_value, best_epoch, train_s,
+            )  # fmt: skip
+        if stale >= cfg.patience:
+            break
+    bar.close()
+    if world > 1:
+        dist.barrier()
+    return SeqFitResult(best_state, best_epoch, best_valid, history)
+
+
+def module_device(model: nn.Module) -> torch.device:
+    return (model.module if hasattr(model, "module") else model).device
+
+
+def _state_on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
+    if module.device.type == "cpu":
+        return copy.deepcopy(module.state_dict())
+    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}

@@ -1,0 +1,192 @@
+"""What the `pretrain` and `transfer` stages share: PMMRec's params, a dataset's sequences and content,
+the model built on them, and the files a sequential run writes.
+
+Params: `train.pmmrec` (the model's HParams, declared in models/pmmrec.py), `seq.train` (the training
+protocol, `SeqTrainConfig`), `seq.pretrain` (its changes for pre-training), `seq.variants.<name>` (a
+transfer setting: `pretrain_part` none | full | item_encoder | user_encoder, `overrides` of the model's
+hyperparameters, `train` changes to seq.train), `train.device`, `train.num_threads`,
+`features.allow_download` (whether encoders may come from the hub).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import os
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import torch
+
+from mmpipe.config import Config, ParamsError, param
+from mmpipe.devices import resolve_device
+from mmpipe.hf import ModelUnavailable, offline_hint, resolve_model
+from mmpipe.io import read_parquet, write_bytes, write_json, write_text
+from mmpipe.log import get_logger
+from mmpipe.paths import DatasetDir
+from mmpipe.schemas import ITEM_FIELDS, item_text
+from models.core.registry import model_config
+from models.pmmrec import PMMRec, SeqData
+from models.seq.data import Sequences, load_sequences
+from models.seq.towers import decode_images, load_image_model, load_text_model, read_item_images, tokenize
+from models.seq.trainer import SeqFitResult, SeqTrainConfig
+
+log = get_logger("sequential")
+
+MODEL = "pmmrec"
+PARTS = ("none", "full", "item_encoder", "user_encoder")
+
+
+@dataclass(frozen=True)
+class Variant(Config):
+    """`seq.variants.<name>`: how a target run starts and what it changes."""
+
+    pretrain_part: Literal["none", "full", "item_encoder", "user_encoder"] = param(
+        "none", doc="none: from scratch; else the part of the pre-trained model loaded (PMMRec's three)"
+    )
+    overrides: Mapping[str, Any] = param({}, doc="train.pmmrec keys changed for this variant, e.g. item_tower")
+    train: Mapping[str, Any] = param({}, doc="seq.train keys changed for this variant")
+
+
+def read_variant(params: dict[str, Any], variant: str) -> Variant:
+    variants = (params.get("seq") or {}).get("variants") or {}
+    if variant not in variants:
+        raise ValueError(f"params.yaml: key 'seq.variants.{variant}' is missing (pipeline.transfer_variants lists it)")
+    return Variant.parse(variants[variant], f"seq.variants.{variant}")
+
+
+def common_keys() -> list[str]:
+    return ["train.pmmrec", "seq.train", "train.device", "train.num_threads", "features.allow_download"]
+
+
+def model_hparams(params: dict[str, Any], overrides: Mapping[str, Any] | None = None) -> PMMRec.HParams:
+    block = dict((params.get("train") or {}).get(MODEL) or {})
+    block.update(overrides or {})
+    hp, _ = model_config(MODEL, block)
+    return hp
+
+
+def train_config(params: dict[str, Any], *changes: Mapping[str, Any] | None, where: str) -> SeqTrainConfig:
+    merged: dict[str, Any] = dict((params.get("seq") or {}).get("train") or {})
+    for change in changes:
+        merged.update(change or {})
+    return SeqTrainConfig.parse(merged, where)
+
+
+def runtime(params: dict[str, Any]) -> tuple[torch.device, int, bool]:
+    train = params.get("train") or {}
+    device = resolve_device(str(train.get("device", "auto")), "train.device")
+    threads = train.get("num_threads", 0)
+    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+        raise ParamsError(f"params.yaml: train.num_threads = {threads!r}: expected an integer >= 0 (0: all cores)")
+    allow = (params.get("features") or {}).get("allow_download", False)
+    return device, threads, bool(allow)
+
+
+def _load(what: str, ref: str, allow_download: bool, loader):
+    path, local = resolve_model(ref)
+    if not allow_download:
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        return loader(path, not allow_download)
+    except (OSError, ValueError) as exc:
+        if local:
+            raise
+        raise ModelUnavailable(offline_hint(f"train.{MODEL}.{what}", ref)) from exc
+
+
+def load_dataset(
+    ds: DatasetDir, hp: PMMRec.HParams, max_seq_len: int, allow_download: bool
+) -> tuple[Sequences, SeqData, dict[str, Any]]:
+    """Sequences and the item content PMMRec's tower needs (texts tokenised, images decoded), plus counts."""
+    start = time.perf_counter()
+    seqs = load_sequences(ds, max_seq_len)
+    if not len(seqs):
+        raise ValueError(f"{ds.interactions}: no user with at least 3 interactions: no sequence to learn from")
+    items = read_parquet(ds.items).to_pylist()
+    data = SeqData(n_users=len(seqs), n_items=seqs.n_items, popularity=seqs.popularity)
+    info: dict[str, Any] = {"users": len(seqs), "items": seqs.n_items, "users_dropped_short": seqs.dropped_short}
+    if hp.item_tower in ("modal", "text"):
+        encoder, tokenizer = _load("text_model", hp.text_model, allow_download, load_text_model)
+        texts = [item_text({k: row.get(k) for k in ITEM_FIELDS}, hp.text_template) for row in items]
+        data.text_ids, data.text_mask = tokenize(tokenizer, texts, hp.max_tokens)
+        data.text_encoder = encoder
+        info["items_without_text"] = sum(1 for t in texts if not t)
+    if hp.item_tower in ("modal", "image"):
+        encoder = _load("image_model", hp.image_model, allow_download, load_image_model)
+        jpegs = read_item_images(ds.images, [row["item_id"] for row in items])
+        data.pixels, has_image = decode_images(jpegs, int(encoder.config.image_size))
+        data.image_encoder = encoder
+        info["items_without_image"] = int((~has_image).sum())
+    info["prepare_seconds"] = round(time.perf_counter() - start, 2)
+    log.info(
+        "%s: %d sequences (%d users with < 3 items dropped), %d items%s",
+        ds.name, len(seqs), seqs.dropped_short, seqs.n_items,
+        "".join(f", {v} {k.replace('_', ' ')}" for k, v in info.items() if k.startswith("items_without")),
+    )  # fmt: skip
+    return seqs, data, info
+
+
+def check_params(pipeline_cfg: Any, params: dict[str, Any]) -> set[str]:
+    """Validate every PMMRec block the pipeline will use; return the model references they load."""
+    refs: set[str] = set()
+    if not (pipeline_cfg.pretrain_sources or pipeline_cfg.transfer_targets):
+        return refs
+    settings = [(model_hparams(params), "pre-training")]
+    train_config(params, (params.get("seq") or {}).get("pretrain"), where="seq.train (+ seq.pretrain)")
+    for name in pipeline_cfg.transfer_variants:
+        spec = read_variant(params, name)
+        settings.append((model_hparams(params, spec.overrides), name))
+        train_config(params, spec.train, where=f"seq.train (+ seq.variants.{name}.train)")
+    for hp, _ in settings:
+        if hp.item_tower in ("modal", "text"):
+            refs.add(hp.text_model)
+        if hp.item_tower in ("modal", "image"):
+            refs.add(hp.image_model)
+    return refs
+
+
+def encoder_params(model: PMMRec) -> dict[str, int]:
+    """Parameters of the pre-trained encoders that train and that stay frozen (0 for the ID tower)."""
+    out = {"encoder_params_trained": 0, "encoder_params_frozen": 0}
+    for name in ("text", "image"):
+        tower = getattr(model, name, None)
+        if tower is not None:
+            out["encoder_params_trained"] += tower.trainable_params
+            out["encoder_params_frozen"] += tower.frozen_params
+    return out
+
+
+def history_csv(rows: list[dict[str, float]]) -> str:
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
+
+
+def checkpoint_bytes(state: dict[str, torch.Tensor], hp: PMMRec.HParams, best_epoch: int, max_seq_len: int) -> bytes:
+    """torch.save into memory (a fixed inner name, nothing run-specific inside): byte-identical for equal weights."""
+    buf = io.BytesIO()
+    torch.save({"state_dict": state, "hp": hp.as_dict(), "best_epoch": best_epoch, "max_seq_len": max_seq_len}, buf)
+    return buf.getvalue()
+
+
+def write_run(out_dir: Path, result: SeqFitResult, hp: PMMRec.HParams, cfg: SeqTrainConfig, summary: dict) -> None:
+    epochs = [r["train_seconds"] for r in result.history]
+    summary.update(
+        best_epoch=result.best_epoch,
+        epochs_run=len(result.history),
+        best_valid={k: round(v, 6) for k, v in result.best_valid.items()},
+        seconds_per_epoch=round(float(np.mean(epochs)), 3) if epochs else 0.0,
+    )
+    write_bytes(out_dir / "model.pt", checkpoint_bytes(result.best_state, hp, result.best_epoch, cfg.max_seq_len))
+    write_text(out_dir / "history.csv", history_csv(result.history))
+    write_json(out_dir / "train.json", summary)

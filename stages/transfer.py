@@ -1,0 +1,112 @@
+"""Stage `transfer`: fine-tune PMMRec (or its SASRec / single-modality variants) on a target dataset,
+starting from the pre-trained checkpoint or from scratch, and evaluate it on the target's test users.
+
+`python -m stages.transfer --target <ds> --variant <v> --source <pretrain ds>`; the variant
+(`seq.variants.<v>`) sets `pretrain_part` (none: from scratch; full, item_encoder, user_encoder:
+PMMRec's three ways to transfer, loading only tensors whose name and shape match), `overrides` of
+`train.pmmrec` (e.g. item_tower: id for SASRec, text or image for the single-modality settings) and
+`train` changes to `seq.train`. Writes `runs/<target>/pmmrec/<variant>/`: `model.pt`, `history.csv`,
+`train.json`, `evaluation.json` (HR and NDCG at every K, valid and test), `metrics.json` (the headline:
+HR@10 and NDCG@10, test and best validation) and `topk.parquet`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import torch
+
+from mmpipe.io import write_json, write_parquet
+from mmpipe.log import get_logger, progress_disabled
+from mmpipe.paths import PROCESSED, RUNS, DatasetDir, run_dir
+from mmpipe.threads import use_threads
+from models.pmmrec import PMMRec
+from models.seq.trainer import distributed, fit_sequential, init_distributed, rank_users
+from stages.common import sequential
+from stages.common.params import declared, run_stage
+
+log = get_logger("transfer")
+
+HEADLINE = ("hr@10", "ndcg@10")  # PMMRec's metrics
+
+
+def param_keys(target: str, variant: str, source: str) -> list[str]:
+    return [*sequential.common_keys(), f"seq.variants.{variant}"]
+
+
+def run(
+    target: str, variant: str, source: str, params: dict[str, Any], processed: Path = PROCESSED, runs: Path = RUNS
+) -> dict[str, Any]:
+    start = time.perf_counter()
+    params = declared(params, param_keys(target, variant, source))
+    spec = sequential.read_variant(params, variant)
+    hp = sequential.model_hparams(params, spec.overrides)
+    cfg = sequential.train_config(params, spec.train, where=f"seq.train (+ seq.variants.{variant}.train)")
+    device, threads, allow_download = sequential.runtime(params)
+    use_threads(threads)
+    rank, world = init_distributed(device)
+    seqs, data, info = sequential.load_dataset(DatasetDir.of(target, processed), hp, cfg.max_seq_len, allow_download)
+    torch.manual_seed(cfg.seed)  # the same initial weights whatever ran before in this process
+    model = PMMRec(data, hp, cfg.max_seq_len)
+    copied: list[str] = []
+    if spec.pretrain_part != "none":
+        checkpoint = run_dir(source, sequential.MODEL, "pretrain", runs=runs) / "model.pt"
+        if not checkpoint.is_file():
+            raise FileNotFoundError(f"{checkpoint}: no pre-trained PMMRec (run the pretrain stage for {source})")
+        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
+        copied = model.load_pretrained(state, spec.pretrain_part)
+    model.move_to(device)
+    result = fit_sequential(model, seqs, cfg, log, progress=not progress_disabled(), num_threads=threads)
+    model.load_state_dict(result.best_state)
+    test, ranking = rank_users(model, seqs, "test", sorted(set(cfg.ks)), cfg.eval_batch_users)
+    summary = {
+        "target": target,
+        "variant": variant,
+        "source": source if spec.pretrain_part != "none" else None,
+        "pretrain_part": spec.pretrain_part,
+        "item_tower": hp.item_tower,
+        "tensors_transferred": len(copied),
+        "device": str(device),
+        "processes": world,
+        **info,
+        **sequential.encoder_params(model),
+    }
+    summary["train_seconds"] = round(time.perf_counter() - start, 2)
+    if rank == 0:
+        out = run_dir(target, sequential.MODEL, variant, runs=runs)
+        sequential.write_run(out, result, hp, cfg, summary)
+        evaluation = {**summary, "test": {k: round(v, 6) for k, v in test.items()}, "valid": summary["best_valid"]}
+        write_json(out / "evaluation.json", evaluation)
+        write_json(out / "metrics.json", {
+            "test": {k: round(test[k], 6) for k in HEADLINE}, "valid": {k: summary["best_valid"][k] for k in HEADLINE},
+        })  # fmt: skip
+        n, k = ranking.topk.shape
+        write_parquet(
+            out / "topk.parquet",
+            pa.table({
+                "user_idx": pa.array(np.repeat(seqs.users[ranking.users], k).astype(np.int32)),
+                "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)),
+                "item_idx": pa.array(ranking.topk.reshape(-1).astype(np.int32)),
+                "score": pa.array(ranking.scores.reshape(-1).astype(np.float32)),
+            }),
+        )  # fmt: skip
+        log.info(
+            "%s/%s (%s): test HR@10 %.4f, NDCG@10 %.4f (best epoch %d of %d, %d tensors transferred), %.1f s",
+            target, variant, spec.pretrain_part, test["hr@10"], test["ndcg@10"], result.best_epoch,
+            len(result.history), len(copied), summary["train_seconds"],
+        )  # fmt: skip
+    distributed()
+    return summary
+
+
+def main(argv: list[str] | None = None) -> int:
+    return run_stage(__doc__, run, ("target", "variant", "source"), argv, param_keys=param_keys)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""PMMRec: sequences, each loss (shapes, gradients to the trainable encoder blocks and not the frozen
+ones, masking of the user's own items, the popularity correction), transfer loading per part, the
+pretrain and transfer stages, and a 2-process DDP run under torchrun (gloo on the CPU)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pyarrow as pa
+import pytest
+import torch
+import yaml
+
+from mmpipe.paths import DatasetDir
+from models.pmmrec import NEG, PAD, PMMRec
+from models.seq.data import build_sequences, training_batch
+from stages import ingest, pretrain, transfer
+from stages.common import sequential
+from stages.encoders.builders import build_roberta
+from stages.sources import demo
+from tests.conftest import ROOT, tiny_params
+
+TINY_XLMR = {"seed": 0, "hidden_size": 32, "layers": 2, "heads": 2, "vocab_size": 400}
+
+
+@pytest.fixture(scope="module")
+def seq_project(tmp_path_factory, demo_project):
+    """The tiny demo with a tiny seeded XLM-R, and params for PMMRec on it."""
+    root = tmp_path_factory.mktemp("pmmrec")
+    shutil.copytree(demo_project / "processed", root / "processed")
+    encoders = root / "raw/encoders"
+    encoders.mkdir(parents=True)
+    shutil.copytree(demo_project / "raw/encoders/demo-clip", encoders / "demo-clip")
+    build_roberta(encoders / "demo-xlmr", TINY_XLMR, demo.vocabulary_texts(), xlm=True)
+    params = tiny_params()
+    params["train"]["pmmrec"].update(
+        text_model=str(encoders / "demo-xlmr"), image_model=str(encoders / "demo-clip"), embedding_size=32
+    )
+    params["seq"]["train"].update(epochs=2, batch_size=16, max_seq_len=6)
+    params["seq"]["pretrain"] = {"epochs": 2}
+    return root, params
+
+
+def build(seq_project, **overrides):
+    root, params = seq_project
+    hp = sequential.model_hparams(params, overrides)
+    cfg = sequential.train_config(params, where="seq.train")
+    seqs, data, _ = sequential.load_dataset(DatasetDir(root / "processed/demo"), hp, cfg.max_seq_len, False)
+    torch.manual_seed(0)
+    return PMMRec(data, hp, cfg.max_seq_len), seqs, cfg
+
+
+def test_sequences_are_leave_one_out_on_each_timeline(tmp_path, params, demo_project):
+    table = pa.table({
+        "user_idx": pa.array([0, 0, 0, 0, 1, 1, 2, 2, 2], pa.int32()),
+        "item_idx": pa.array([3, 1, 2, 4, 0, 1, 2, 0, 1], pa.int32()),
+        "timestamp": pa.array([10, 20, 30, 40, 5, 6, 1, 2, 3], pa.int64()),
+    })  # fmt: skip
+    seqs = build_sequences(table, n_items=5, max_seq_len=2)
+    assert seqs.users.tolist() == [0, 2] and seqs.dropped_short == 1  # user 1 has 2 items
+    assert seqs.train[0].tolist() == [3, 1] and (seqs.valid_target[0], seqs.test_target[0]) == (2, 4)
+    assert seqs.history(0, "test", 2).tolist() == [1, 2]
+    inputs, targets = training_batch(seqs, np.array([0, 1]), 2)
+    assert inputs.tolist() == [[0, 4], [0, 0]] and targets.tolist() == [[4, 2], [0, 3]]  # item_idx + 1, PAD 0
+    # the same targets as ingest's leave_one_out split
+    params["split"]["method"] = "leave_one_out"
+    ingest.run("demo", params, demo_project / "raw", tmp_path)
+    inter = pa.parquet.read_table(tmp_path / "demo/interactions.parquet")
+    from models.seq.data import load_sequences
+
+    loo = load_sequences(tmp_path / "demo", 20)
+    split = inter.to_pandas()
+    by_user = split.set_index(["user_idx", "split"])["item_idx"]
+    for i, user in enumerate(loo.users[:50]):
+        assert by_user[(user, 2)] == loo.test_target[i] and by_user[(user, 1)] == loo.valid_target[i]
+
+
+def test_losses_and_gradients_reach_only_the_trainable_blocks(seq_project):
+    model, seqs, cfg = build(seq_project)
+    inputs, targets = training_batch(seqs, np.arange(16), cfg.max_seq_len)
+    losses = model(inputs, targets, torch.Generator().manual_seed(0))
+    assert {"next_item", "nicl", "nid", "rcl", "total"} <= set(losses)
+    assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
+    losses["total"].backward()
+    text_blocks = model.text.encoder.encoder.layer
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in text_blocks[-1].parameters())  # top: trains
+    assert all(p.grad is None and not p.requires_grad for p in text_blocks[0].parameters())  # frozen
+    assert all(p.grad is None for p in model.text.encoder.embeddings.parameters())
+    assert all(p.grad is None for p in model.image.encoder.parameters())  # image_trainable_layers: 0 in the demo
+    for name in ("fuse", "nicl_head", "user_encoder", "nid_head"):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in getattr(model, name).parameters()), name
+
+
+def test_each_loss_switches_off_at_weight_zero(seq_project):
+    model, seqs, cfg = build(seq_project, nicl_weight=0.0, nid_weight=0.0, rcl_weight=0.0)
+    inputs, targets = training_batch(seqs, np.arange(8), cfg.max_seq_len)
+    assert set(model(inputs, targets, torch.Generator().manual_seed(0))) == {"next_item", "total"}
+    text_only, seqs, cfg = build(seq_project, item_tower="text")
+    assert "nicl" not in text_only(inputs, targets, torch.Generator().manual_seed(0))  # needs both modalities
+
+
+def test_own_items_are_masked_and_the_popularity_correction_applied(seq_project):
+    model, seqs, cfg = build(seq_project)
+    inputs = torch.tensor([[0, 5, 6, 5], [0, 0, 7, 8]])  # user 0 has item 5 twice
+    targets = torch.tensor([[5, 6, 5, 9], [0, 7, 8, 6]])
+    candidates, inverse = torch.unique(torch.cat([inputs, targets], 1), return_inverse=True)
+    reps = torch.randn(len(candidates), 32)
+    states = torch.randn(2, 4, 32)
+    in_idx, tgt_idx = inverse[:, :4], inverse[:, 4:]
+    logits = model.next_item_logits(states, candidates, reps, in_idx, tgt_idx)
+    col = {int(c): i for i, c in enumerate(candidates)}
+    # user 0, position 3 (target 9): its own items 5 and 6 are masked, user 1's items 7 and 8 are negatives
+    assert logits[0, 3, col[5]] == NEG and logits[0, 3, col[6]] == NEG and logits[0, 3, col[PAD]] == NEG
+    assert logits[0, 3, col[9]] > NEG and logits[0, 3, col[7]] > NEG
+    # position 1 (target 6): the target itself is kept although it is one of the user's items
+    assert logits[0, 1, col[6]] > NEG
+    # the correction: raw score minus log of the item's training share, on every unmasked entry
+    raw = states @ reps.T
+    expected = raw[1, 3, col[5]] - model.log_popularity[5]
+    assert torch.isclose(logits[1, 3, col[5]], expected)
+    plain, _, _ = build(seq_project, logq_correction=False)
+    assert torch.isclose(
+        plain.next_item_logits(states, candidates, reps, in_idx, tgt_idx)[1, 3, col[5]], raw[1, 3, col[5]]
+    )
+
+
+@pytest.mark.parametrize("part", ["full", "item_encoder", "user_encoder"])
+def test_transfer_loads_exactly_the_part(seq_project, part):
+    source, _, _ = build(seq_project)
+    torch.manual_seed(1)
+    for p in source.parameters():
+        p.data.add_(torch.randn_like(p))  # a "pre-trained" model that differs everywhere
+    target, _, _ = build(seq_project)
+    before = {k: v.clone() for k, v in target.state_dict().items()}
+    copied = target.load_pretrained(source.state_dict(), part)
+    after, pre = target.state_dict(), source.state_dict()
+    item_keys = [k for k in after if not k.startswith(("user_encoder.", "nid_head."))]
+    user_keys = [k for k in after if k.startswith(("user_encoder.", "nid_head."))]
+    loaded = {"full": item_keys + user_keys, "item_encoder": item_keys, "user_encoder": user_keys}[part]
+    kept = [k for k in after if k not in loaded]
+    assert sorted(copied) == sorted(loaded)
+    assert all(torch.equal(after[k], pre[k]) for k in loaded)
+    assert all(torch.equal(after[k], before[k]) for k in kept)
+
+
+def test_the_id_tower_transfers_nothing_of_another_catalogue(seq_project):
+    sasrec, _, _ = build(seq_project, item_tower="id")
+    other = dict(sasrec.state_dict())
+    other["item_ids.weight"] = torch.zeros(7, 32)  # another catalogue's size
+    assert "item_ids.weight" not in sasrec.load_pretrained(other, "full")
+
+
+def test_pretrain_then_transfer_stages(seq_project, tmp_path):
+    root, params = seq_project
+    runs = tmp_path / "runs"
+    params["datasets"]["demo"] = dict(params["datasets"]["demo"])
+    summary = pretrain.run("demo", params, root / "processed", runs)
+    assert summary["encoder_params_trained"] > 0 and summary["encoder_params_frozen"] > 0
+    assert (runs / "demo/pmmrec/pretrain/model.pt").is_file()
+    for variant in ("scratch", "full", "sasrec"):
+        result = transfer.run("demo", variant, "demo", params, root / "processed", runs)
+        evaluation = json.loads((runs / f"demo/pmmrec/{variant}/evaluation.json").read_text())
+        assert 0 <= evaluation["test"]["hr@10"] <= 1 and evaluation["test"]["hr@50"] >= evaluation["test"]["hr@10"]
+        assert (result["tensors_transferred"] > 0) == (variant == "full")
+        metrics = json.loads((runs / f"demo/pmmrec/{variant}/metrics.json").read_text())
+        assert set(metrics["test"]) == {"hr@10", "ndcg@10"}
+    assert json.loads((runs / "demo/pmmrec/sasrec/train.json").read_text())["encoder_params_trained"] == 0
+
+
+def test_pretraining_under_torchrun_with_two_processes(seq_project, tmp_path):
+    """DistributedDataParallel with gloo on the CPU: two processes train one model, rank 0 writes it."""
+    root, params = seq_project
+    work = tmp_path / "ddp"
+    work.mkdir()
+    (work / "processed").symlink_to(root / "processed")
+    params["seq"]["pretrain"] = {"epochs": 1}
+    (work / "params.yaml").write_text(yaml.safe_dump(params))
+    torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MMPIPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
+    # Its own session, so that a timeout (or an interrupted test run) takes the workers down too.
+    proc = subprocess.Popen(
+        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "stages.pretrain", "--source", "demo"],
+        cwd=work, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True, start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=600)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
+    summary = json.loads((work / "runs/demo/pmmrec/pretrain/train.json").read_text())
+    assert summary["processes"] == 2 and summary["epochs_run"] == 1
+    state = torch.load(work / "runs/demo/pmmrec/pretrain/model.pt", weights_only=True)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+def test_a_transfer_run_is_byte_identical_whatever_ran_before(seq_project, tmp_path):
+    root, params = seq_project
+    torch.manual_seed(123)  # another state of the global generator than the second run sees
+    torch.rand(10)
+    for name in ("a", "b"):
+        transfer.run("demo", "scratch", "demo", params, root / "processed", tmp_path / name)
+        torch.rand(7)
+    a, b = (tmp_path / name / "demo/pmmrec/scratch/model.pt" for name in ("a", "b"))
+    assert a.read_bytes() == b.read_bytes()
