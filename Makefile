@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo setup test test-slow bench lint
+.PHONY: demo setup test test-remote test-slow bench lint
 
 # Set up (if needed) and run the whole DAG on the embedded demo dataset.
 demo: setup
@@ -44,6 +44,10 @@ $(PLOTS_TEMPLATE): $(VENV)/.installed
 # end-to-end module shares one DVC project between its tests in order).
 test: setup
 	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+
+# The S3 remote scenarios (tests/test_remote_s3.py) against a moto server the tests start; CI runs them too.
+test-remote: setup
+	$(BIN)/python -m pytest -q -m remote
 
 # The slow tests: the full default demo DAG from a fresh copy, twice (determinism and no-op repro).
 test-slow: setup
