@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo setup test test-remote test-slow bench lint
+.PHONY: demo setup test test-remote test-distributed test-slow bench lint
 
 # Set up (if needed) and run the whole DAG on the embedded demo dataset.
 demo: setup
@@ -48,6 +48,11 @@ test: setup
 # The S3 remote scenarios (tests/test_remote_s3.py) against a moto server the tests start; CI runs them too.
 test-remote: setup
 	$(BIN)/python -m pytest -q -m remote
+
+# The distributed engines: feature extraction on a local Ray (2 actors) and training under torchrun with
+# 2 processes (gloo); CI runs them too.
+test-distributed: setup
+	$(BIN)/python -m pytest -q -m distributed
 
 # The slow tests: the full default demo DAG from a fresh copy, twice (determinism and no-op repro).
 test-slow: setup

@@ -5,9 +5,11 @@ from __future__ import annotations
 import sys
 
 from bench import (
+    distributed_speed,
     features_speed,
     graphs_knn,
     ingest_scale,
+    lmm4rec_speed,
     mmrec_baby,
     models_speed,
     pipeline_timing,
@@ -21,6 +23,11 @@ BENCHMARKS = [
     ("models_speed: seconds per training epoch and per full-ranking evaluation", models_speed.main),
     ("ingest_scale: ingest of 10M review + 1M meta lines (2014 format, gzip); lines/s, peak RSS", ingest_scale.main),
     ("graphs_knn: blockwise kNN on 200,000 x 512 vs dense N x N (about 8 minutes)", graphs_knn.main),
+    (
+        "distributed_speed: features on Ray (1, 2 actors) vs local; LightGCN with 1 and 2 DDP processes",
+        distributed_speed.main,
+    ),
+    ("lmm4rec_speed: end-to-end training s/epoch and items/s; ViT-B/32 projection on Baby", lmm4rec_speed.main),
 ]
 ABLATION = "pmmrec_ablation: PMMRec's losses off one at a time on demo_b, 3 seeds (about 5 minutes)"
 REAL_DATA = ("mmrec_baby: BPR and LightGCN on real Amazon Baby vs MMRec's table (about 12 minutes)", mmrec_baby.main)

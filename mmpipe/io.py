@@ -9,6 +9,7 @@ DVC hashes stay stable across runs and machines.
 from __future__ import annotations
 
 import contextlib
+import csv
 import hashlib
 import io
 import json
@@ -78,6 +79,18 @@ def write_bytes(target: str | Path, data: bytes) -> None:
 
 def write_text(target: str | Path, text: str) -> None:
     write_bytes(target, text.encode("utf-8"))
+
+
+def csv_text(rows: list[dict[str, Any]]) -> str:
+    """Rows as CSV text, columns in order of first appearance (a row may lack some): training histories."""
+    columns: list[str] = []
+    for row in rows:
+        columns += [c for c in row if c not in columns]
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buf.getvalue()
 
 
 def write_json(target: str | Path, obj: Any) -> None:

@@ -44,6 +44,7 @@ class LATTICE(Recommender):
     name = "lattice"
     reads = "graph"
     scores_cold_items = True
+    end_to_end = True
 
     @dataclass(frozen=True)
     class HParams(HParams):

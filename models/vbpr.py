@@ -22,6 +22,7 @@ class VBPR(Recommender):
     name = "vbpr"
     reads = "feat"
     scores_cold_items = True
+    end_to_end = True
 
     @dataclass(frozen=True)
     class HParams(HParams):
@@ -32,17 +33,18 @@ class VBPR(Recommender):
     def __init__(self, data: TrainData, hp: VBPR.HParams) -> None:
         super().__init__(data, hp)
         dim = hp.embedding_size
-        modalities = data.modalities(self.name, hp.modalities)
-        self.register_buffer("content", torch.cat([data.features[m] for m in modalities], dim=1), persistent=False)
+        self.modalities = data.modalities(self.name, hp.modalities)
+        self.features = {m: data.features[m] for m in self.modalities}  # fixed (VBPR does not train them)
         self.register_buffer("seen", torch.from_numpy(data.seen_items).float().unsqueeze(1), persistent=False)
         self.user_emb = id_embedding(self.n_users, 2 * dim)
         self.item_emb = id_embedding(self.n_items, dim)
-        self.project = nn.Linear(self.content.shape[1], dim)
+        self.project = nn.Linear(sum(data.features[m].shape[1] for m in self.modalities), dim)
         nn.init.xavier_normal_(self.project.weight)
         nn.init.zeros_(self.project.bias)
 
     def item_representation(self) -> torch.Tensor:
-        return torch.cat([self.item_emb * self.seen, self.project(self.content)], dim=1)
+        content = torch.cat([self.features[m] for m in self.modalities], dim=1)
+        return torch.cat([self.item_emb * self.seen, self.project(content)], dim=1)
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:
         return self.user_emb, self.item_representation()

@@ -10,6 +10,7 @@ first; it checks, with messages naming the key, the value and what is allowed:
 * every enabled dataset's `datasets.<ds>` block, every encoder block, every listed model's
   `train.<model>` block (unknown keys, types, ranges) and the training protocol per dataset;
 * that a model asking for a modality (`train.<model>.modalities`) gets one the pipeline has;
+* the `finetune` block (its stage runs for every train dataset) and `train.e2e` when e2e_models run;
 * PMMRec's blocks (`train.pmmrec`, `seq.train`, `seq.pretrain`, every listed `seq.variants.<v>`) when
   pre-training or transfer is enabled;
 * that `pipeline.demo_encoders` lists exactly the demo models (raw/encoders/<name>) that enabled
@@ -31,10 +32,11 @@ from mmpipe.log import get_logger
 from mmpipe.paths import ENCODERS, PROCESSED
 from models.core.registry import get_model, model_config, model_names
 from models.core.trainer import TrainConfig
-from stages import features
+from stages import features, finetune_encoder
 from stages.common import pipeline, sequential
 from stages.common.datasets import dataset_config
 from stages.common.params import declared, run_stage
+from stages.train import e2e_config
 
 log = get_logger("check")
 
@@ -43,7 +45,7 @@ CONTENT = "params.yaml passed `python -m stages.check`\n"
 
 
 def param_keys() -> list[str]:
-    return ["pipeline", "datasets", "features", "train", "demo_encoders", "seq"]
+    return ["pipeline", "datasets", "features", "train", "demo_encoders", "seq", "finetune"]
 
 
 def demo_models_used(blocks: list[Any], demo_names: set[str]) -> set[str]:
@@ -69,6 +71,10 @@ def check_demo_encoders(cfg: pipeline.PipelineConfig, params: dict[str, Any], se
     features = params.get("features") or {}
     train = params.get("train") or {}
     blocks = [features.get(s) for s in cfg.feature_sets] + [train.get(m) for m in cfg.models()] + sorted(seq_refs)
+    if cfg.train_datasets:  # the finetune_encoder stage runs for every train dataset
+        blocks.append(params.get("finetune"))
+    if cfg.e2e_models:
+        blocks.append(train.get("e2e"))
     used = demo_models_used(blocks, set(demo_blocks))
     listed = set(cfg.demo_encoders)
     for name in sorted(listed - set(demo_blocks)):
@@ -98,7 +104,7 @@ def check_models(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> int:
                     f"models: {', '.join(model_names())}"
                 )
             cls = get_model(name)
-            pipeline.check_group(name, cls.reads, group)
+            pipeline.check_group(name, cls.reads, group, cls.end_to_end)
             if setting == "cold" and not cls.scores_cold_items:
                 raise ParamsError(
                     f"params.yaml: pipeline.{list_name} names {name!r}, which cannot score cold items "
@@ -136,6 +142,10 @@ def run(params: dict[str, Any], out: Path = OUT) -> Path:
             features.read_config(params, feature_set, modality)
             encoders += 1
     models = check_models(cfg, params)
+    if cfg.train_datasets:
+        finetune_encoder.read_config(params)
+    if cfg.e2e_models:
+        e2e_config(params)
     seq_refs = sequential.check_params(cfg, params)
     check_demo_encoders(cfg, params, seq_refs)
     write_text(out, CONTENT)

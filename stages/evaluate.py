@@ -29,7 +29,7 @@ from mmpipe.paths import PROCESSED, RUNS
 from mmpipe.threads import use_threads
 from models.core.evaluator import evaluate
 from stages.common.params import declared, run_stage
-from stages.train import FLAGS, OPTIONAL_FLAGS, load_checkpoint, load_data, run_spec
+from stages.train import E2E, E2E_KEYS, FLAGS, OPTIONAL_FLAGS, build_model, load_checkpoint, load_data, run_spec
 
 log = get_logger("evaluate")
 
@@ -38,7 +38,7 @@ HEADLINE = ("recall@20", "ndcg@20")  # the metrics published tables give; always
 
 def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
     keys = ["evaluate", "train.num_threads", "train.device"]
-    return keys + (["pipeline.modalities"] if group != "id" else [])
+    return keys + (E2E_KEYS if group == E2E else []) + (["pipeline.modalities"] if group != "id" else [])
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def run(
 
     data, split = load_data(spec, processed)
     hp = spec.cls.HParams.parse(checkpoint["hp"], f"{files.checkpoint} hp")
-    net = spec.cls(data, hp)
+    net = build_model(spec, data, hp, declared_params, processed)
     net.load_state_dict(checkpoint["state_dict"])
     net.move_to(spec.device).eval()
     ks = sorted(set(cfg.topk))
@@ -93,7 +93,7 @@ def run(
     result: dict[str, Any] = {
         "model": model,
         "setting": setting,
-        "feature_set": feature_set,
+        "feature_set": spec.feature_set,
         "test": {k: round(v, 6) for k, v in metrics.items()},
         "valid": summary["best_valid"],
         "users_evaluated": len(ranking.users),
@@ -101,6 +101,7 @@ def run(
         "best_epoch": summary["best_epoch"],
         "epochs_run": summary["epochs_run"],
         "seconds_per_epoch": summary["seconds_per_epoch"],
+        "encoder_params_trained": summary.get("encoder_params_trained", 0),
         "eval_seconds": 0.0,
         "scores_cold_items": spec.cls.scores_cold_items,
         "dataset_stats": {

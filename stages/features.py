@@ -15,6 +15,14 @@ an interrupted and an uninterrupted run give identical outputs). Items without i
 image) get the fill chosen by `features.fill` (mean of the encoded items, or zeros) and
 `has_input = false`. Hits and misses are counted in items in `feature_stats/<set>-<modality>.json`.
 
+An encoder's `model` may contain `{dataset}`, replaced by the stage's dataset: LMM4Rec's fine-tuned
+paradigm names `processed/{dataset}/finetuned/encoder`, the `finetune_encoder` stage's output, whose
+weights enter the fingerprint like any local model's (a new fine-tune re-encodes, an unchanged one hits).
+
+`features.engine: ray` encodes the same chunks on Ray actors instead of in this process
+(`stages/encoders/ray_engine.py`: a cluster from `features.ray.address` or RAY_ADDRESS, else a local
+Ray); the cache, the journal and the output are the local engine's, and so are the bytes.
+
 Kind `precomputed` encodes nothing: it takes the features a source ships (MMRec/LATTICE
 `image_feat.npy` / `text_feat.npy`, the Amazon 2014 CNN features), which ingest wrote to
 `shipped/<role>.parquet`, and applies the same fill.
@@ -22,6 +30,7 @@ Kind `precomputed` encodes nothing: it takes the features a source ships (MMRec/
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -43,16 +52,22 @@ from mmpipe.paths import PROCESSED, DatasetDir
 from mmpipe.schemas import ITEM_FIELDS, item_text, read_features, write_features
 from mmpipe.threads import use_threads
 from stages.common.params import declared, run_stage
+from stages.encoders import ray_engine
 from stages.encoders.kinds import ENCODERS, EncoderConfig
+from stages.encoders.ray_engine import RayOptions
 
 log = get_logger("features")
 
+DATASET_SLOT = "{dataset}"  # in an encoder's `model`: replaced by the dataset's name
 COMMIT_ITEMS = 2048  # encoded vectors per journal commit ...
 COMMIT_SECONDS = 60.0  # ... or after this long, whichever comes first
 
 
 def param_keys(dataset: str, feature_set: str, modality: str) -> list[str]:
-    return [f"features.{feature_set}.{modality}", "features.fill", "features.allow_download", "features.device"]
+    return [
+        f"features.{feature_set}.{modality}", "features.fill", "features.allow_download", "features.device",
+        "features.engine", "features.ray",
+    ]  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -62,6 +77,8 @@ class FeaturesOptions(Config):
     fill: Literal["mean", "zero"] = param("mean", doc="vector of items without input")
     allow_download: bool = param(False, doc="let transformers fetch models from the hub")
     device: str = param("auto", doc="auto (a GPU when visible), cpu, cuda or cuda:N")
+    engine: Literal["local", "ray"] = param("local", doc="encode in this process, or on Ray actors")
+    ray: RayOptions = param(RayOptions(), doc="features.ray: where and how many encoder actors")
 
 
 def read_config(params: dict[str, Any], feature_set: str, modality: str) -> tuple[EncoderConfig, FeaturesOptions]:
@@ -187,18 +204,35 @@ def run_precomputed(
 
 
 def encode_missing(
-    model: Any, inputs: ItemInputs, todo: dict[bytes, int], journal: lmdb_store.Journal, label: str
+    model: Any,
+    inputs: ItemInputs,
+    todo: dict[bytes, int],
+    journal: lmdb_store.Journal,
+    label: str,
+    options: FeaturesOptions | None = None,
+    fp: str = "",
 ) -> dict[bytes, np.ndarray]:
-    """Encode one item per missing key, in batching order, committing to the journal as it goes."""
+    """Encode one item per missing key, in batching order, committing to the journal as it goes.
+
+    The work is cut into chunks (inputs fetched, images read, at a time); the local engine encodes them
+    one after the other, the Ray engine on its actors, the same chunks with the same encoder code."""
     order = sorted(todo, key=lambda k: (inputs.size(todo[k]), todo[k]))
     out: dict[bytes, np.ndarray] = {}
-    chunk = min(COMMIT_ITEMS, max(256, model.batch_size * 8))  # inputs fetched (images read) at a time
+    size = min(COMMIT_ITEMS, max(256, model.batch_size * 8))
+    chunks = [order[s : s + size] for s in range(0, len(order), size)]
     pending: list[bytes] = []
     last_commit = time.perf_counter()
     with tqdm(total=len(order), desc=f"features {label}", disable=progress_disabled()) as bar:
-        for s in range(0, len(order), chunk):
-            keys = order[s : s + chunk]
-            emb = model.encode(inputs.fetch([todo[k] for k in keys]), progress=bar.update)
+        if options is not None and options.engine == "ray" and chunks:
+            payloads = [inputs.fetch([todo[k] for k in keys]) for keys in chunks]
+            results = ((chunks[i], emb) for i, emb in ray_engine.encode_chunks(model, payloads, options.ray, fp))
+        else:
+            results = (
+                (keys, model.encode(inputs.fetch([todo[k] for k in keys]), progress=bar.update)) for keys in chunks
+            )
+        for keys, emb in results:
+            if options is not None and options.engine == "ray":
+                bar.update(len(keys))
             for k, v in zip(keys, emb, strict=True):
                 out[k] = np.ascontiguousarray(v, dtype="<f4")
             pending += keys
@@ -215,6 +249,8 @@ def run(
 ) -> dict[str, Any]:
     start = time.perf_counter()
     encoder, options = read_config(params, feature_set, modality)
+    if encoder.model and DATASET_SLOT in encoder.model:  # e.g. the dataset's fine-tuned encoder
+        encoder = dataclasses.replace(encoder, model=encoder.model.replace(DATASET_SLOT, dataset))
     ds = DatasetDir.of(dataset, processed)
     if encoder.kind == "precomputed":
         return run_precomputed(ds, feature_set, modality, encoder, options)
@@ -238,7 +274,7 @@ def run(
         if key is not None and key not in vectors and key not in todo:
             todo[key] = i
     encode_start = time.perf_counter()
-    vectors.update(encode_missing(model, inputs, todo, journal, label))
+    vectors.update(encode_missing(model, inputs, todo, journal, label, options, fp))
     encode_seconds = time.perf_counter() - encode_start
     journal_entries = journal.items()
     if journal_entries or not cache_path.exists():

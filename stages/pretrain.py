@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
+from mmpipe.distributed import finish_distributed, init_distributed
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, RUNS, DatasetDir, run_dir
 from mmpipe.threads import use_threads
 from models.pmmrec import PMMRec
-from models.seq.trainer import distributed, fit_sequential, init_distributed
+from models.seq.trainer import fit_sequential
 from stages.common import sequential
 from stages.common.params import declared, run_stage
 
@@ -52,7 +53,7 @@ def run(source: str, params: dict[str, Any], processed: Path = PROCESSED, runs: 
             source, len(result.history), result.best_epoch, cfg.valid_metric,
             result.best_valid.get(cfg.valid_metric, float("nan")), summary["train_seconds"],
         )  # fmt: skip
-    distributed()
+    finish_distributed()  # every process waits for rank 0 to have written
     return summary
 
 

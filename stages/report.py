@@ -5,7 +5,8 @@ writes `reports/results.md` (Recall/NDCG@10/20 on test, the best validation valu
 numbers beside ours where the dataset names a table of `reports/published.yaml`), `reports/results.csv`
 (one row per run, every metric) and `reports/plots/*.png` (validation curves). PMMRec's transfer runs
 get one table per target (SASRec, from scratch, each pre-trained part, one modality) and
-`reports/sequential.csv`.
+`reports/sequential.csv`. LMM4Rec's runs get one table per dataset: model x paradigm (pre-trained and
+fine-tuned encoder features, end to end), with the encoder parameters each run trained.
 """
 
 from __future__ import annotations
@@ -36,8 +37,11 @@ METRIC_ORDER = ("recall", "ndcg", "precision", "map")
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")  # what published tables report
 
 
+LMM_GROUPS = ("lmm", "e2e")  # LMM4Rec's runs: their own table per dataset
+
+
 def param_keys() -> list[str]:
-    return ["pipeline", "datasets", "train.common.valid_metric"]
+    return ["pipeline", "datasets", "train.common.valid_metric", "features"]
 
 
 @dataclass(frozen=True)
@@ -63,13 +67,19 @@ def load_published(path: Path = PUBLISHED_FILE) -> dict[str, Published]:
     return out
 
 
-def runs_of(cfg: pipeline.PipelineConfig, dataset: str) -> list[tuple[str, str, str | None]]:
-    """(model, setting, feature set) of every enabled run of a dataset, in the lists' order."""
+def runs_of(cfg: pipeline.PipelineConfig, dataset: str) -> list[tuple[str, str, str | None, str]]:
+    """(model, setting, feature set, group) of every enabled run of a dataset, in the lists' order."""
     out = []
     for list_name, (group, setting) in pipeline.MODEL_LISTS.items():
+        if group == "id":
+            sets: tuple[str | None, ...] = (None,)
+        elif group == "e2e":
+            sets = ("e2e",)
+        else:
+            sets = cfg.lmm4rec_feature_sets if group == "lmm" else cfg.model_feature_sets
         for model in getattr(cfg, list_name):
-            for feature_set in [None] if group == "id" else cfg.feature_sets:
-                out.append((model, setting, feature_set))
+            for feature_set in sets:
+                out.append((model, setting, feature_set, group))
     return out
 
 
@@ -77,10 +87,10 @@ def collect(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[dict[str, Any
     """One record per existing run of an enabled dataset/model/setting/feature set."""
     records = []
     for dataset in cfg.train_datasets:
-        for model, setting, feature_set in runs_of(cfg, dataset):
+        for model, setting, feature_set, group in runs_of(cfg, dataset):
             files = RunFiles(run_dir(dataset, model, setting, feature_set, runs_root))
             if files.evaluation.is_file():
-                records.append({"dataset": dataset, "files": files, **read_json(files.evaluation)})
+                records.append({"dataset": dataset, "files": files, "group": group, **read_json(files.evaluation)})
     return records
 
 
@@ -170,6 +180,54 @@ def dataset_section(
     return md
 
 
+def paradigm(feature_set: str, features: dict[str, Any]) -> tuple[str, str]:
+    """(LMM4Rec paradigm, encoder) of a run's feature set: a set whose encoder is a `finetune_encoder`
+    output is fine-tuned, any other encoded set pre-trained; `e2e` is the end-to-end group."""
+    if feature_set == "e2e":
+        return "end to end", "train.e2e"
+    models = sorted({str(b.get("model")) for b in (features.get(feature_set) or {}).values() if isinstance(b, dict)})
+    kind = "fine-tuned" if any("/finetuned/" in m for m in models) else "pre-trained"
+    return kind, f"{feature_set}: {', '.join(models)}"
+
+
+def valid_at_epoch(rec: dict[str, Any], metric: str, epoch: int) -> float | None:
+    """The run's validation `metric` after `epoch` epochs (its history.csv), or None."""
+    rows = csv.DictReader(io.StringIO(rec["files"].history.read_text()))
+    values = [float(r[f"valid_{metric}"]) for r in rows if r.get(f"valid_{metric}") and int(r["epoch"]) == epoch]
+    return values[0] if values else None
+
+
+def lmm4rec_section(dataset: str, recs: list[dict[str, Any]], features: dict[str, Any], valid_metric: str) -> list[str]:
+    """LMM4Rec's table for one dataset: every model under each paradigm, model by model; beside the
+    test metrics of each run's best epoch, the validation metric of all runs at one equal epoch (the
+    fewest epochs any of them ran), as the runs may have different budgets."""
+    order = {"pre-trained": 0, "fine-tuned": 1, "end to end": 2}
+    rows = []
+    for rec in recs:
+        kind, encoder = paradigm(rec["feature_set"], features)
+        rows.append((rec["model"], order[kind], kind, encoder, rec))
+    equal = min(int(rec["epochs_run"]) for rec in recs)
+    header = ["model", "paradigm", "item features", *TABLE_METRICS, "best epoch", f"valid {valid_metric} at epoch "
+              f"{equal}", "s/epoch", "encoder params trained"]  # fmt: skip
+    table = []
+    for model, _, kind, encoder, rec in sorted(rows, key=lambda r: (r[0], r[1])):
+        at_equal = valid_at_epoch(rec, valid_metric, equal)
+        table.append(
+            [model, kind, encoder, *(f"{rec['test'][m]:.4f}" if m in rec["test"] else "-" for m in TABLE_METRICS),
+             str(rec["best_epoch"]), f"{at_equal:.4f}" if at_equal is not None else "-",
+             f"{rec['seconds_per_epoch']:.3f}", f"{rec.get('encoder_params_trained', 0):,}"]
+        )  # fmt: skip
+    return [
+        f"## {dataset}: LMM4Rec (pre-trained, fine-tuned, end-to-end encoders)",
+        "",
+        "Warm setting, as above. Pre-trained and fine-tuned: the encoder's frozen features (features stage); "
+        "end to end: the encoder's top blocks trained by the recommendation loss (train.e2e).",
+        "",
+        markdown_table(table, header),
+        "",
+    ]
+
+
 def collect_sequential(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[dict[str, Any]]:
     """The evaluation of every enabled PMMRec transfer run (target x variant) that exists."""
     out = []
@@ -251,7 +309,8 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
             )
         published = tables.get(name) if name else None
         for setting in pipeline.SETTINGS:
-            recs = [r for r in records if r["dataset"] == dataset and r["setting"] == setting]
+            recs = [r for r in records if (r["dataset"], r["setting"]) == (dataset, setting)]
+            recs = [r for r in recs if r["group"] not in LMM_GROUPS]
             if not recs:
                 continue
             md += dataset_section(dataset, setting, recs, published, valid_metric)
@@ -273,6 +332,14 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
                     ]
             plot = f"plots/{dataset}_{setting}_valid_{valid_metric.replace('@', '_at_')}.png"
             md += [f"![valid {valid_metric}]({plot})", ""]
+        lmm = [r for r in records if r["dataset"] == dataset and r["group"] in LMM_GROUPS]
+        if lmm:
+            md += lmm4rec_section(dataset, lmm, params.get("features") or {}, valid_metric)
+            csv_rows += [
+                {"dataset": dataset, "setting": r["setting"], "model": r["model"], "feature_set": r["feature_set"],
+                 **r["test"]}
+                for r in lmm
+            ]  # fmt: skip
 
     md += sequential_sections(cfg, sequential, runs_root)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -285,7 +352,7 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
     writer.writerows({"dataset": r["target"], "variant": r["variant"], **r["test"]} for r in sequential)
     write_text(out_root / "sequential.csv", seq_buf.getvalue())
     with atomic_dir(out_root / "plots") as tmp:
-        plots = plot_curves(records, tmp, valid_metric)
+        plots = plot_curves([r for r in records if r["group"] not in LMM_GROUPS], tmp, valid_metric)
     buf = io.StringIO()
     writer = csv.DictWriter(
         buf, fieldnames=["dataset", "setting", "model", "feature_set", *columns], lineterminator="\n"

@@ -21,12 +21,13 @@ import numpy as np
 import pyarrow as pa
 import torch
 
+from mmpipe.distributed import finish_distributed, init_distributed
 from mmpipe.io import write_json, write_parquet
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, RUNS, DatasetDir, run_dir
 from mmpipe.threads import use_threads
 from models.pmmrec import PMMRec
-from models.seq.trainer import distributed, fit_sequential, init_distributed, rank_users
+from models.seq.trainer import fit_sequential, rank_users
 from stages.common import sequential
 from stages.common.params import declared, run_stage
 
@@ -100,7 +101,7 @@ def run(
             target, variant, spec.pretrain_part, test["hr@10"], test["ndcg@10"], result.best_epoch,
             len(result.history), len(copied), summary["train_seconds"],
         )  # fmt: skip
-    distributed()
+    finish_distributed()  # every process waits for rank 0 to have written
     return summary
 
 

@@ -41,6 +41,13 @@ def tiny_params() -> dict[str, Any]:
     params["pipeline"].update(
         id_models=["bpr", "lightgcn"], graph_models=["itemknn", "freedom"], cold_graph_models=["itemknn"]
     )
+    # LMM4Rec's groups, one model each: the fine-tuned encoder's features (bm3) and end to end (vbpr).
+    params["pipeline"].update(
+        feature_sets=["default", "clip_ft"], lmm4rec_feature_sets=["clip_ft"], lmm4rec_models=["bm3"],
+        e2e_models=["vbpr"],
+    )  # fmt: skip
+    params["finetune"].update(epochs=2, batch_size=16)
+    params["train"]["e2e"].update(encoder_batch_size=64, trainer={"epochs": 2, "patience": 2})
     params["train"]["common"].update(epochs=3, patience=2, batch_size=256)
     params["train"]["datasets"] = {"demo": {}}  # train.common above, not the demo's budget
     return params
@@ -63,7 +70,7 @@ def demo_project(tmp_path_factory) -> Path:
     params = tiny_params()
     for feature_set in params["features"].values():
         for block in feature_set.values() if isinstance(feature_set, dict) else ():
-            if block.get("model") == "raw/encoders/demo-clip":
+            if isinstance(block, dict) and block.get("model") == "raw/encoders/demo-clip":
                 block["model"] = str(root / "raw/encoders/demo-clip")
     download.run("demo", params, root / "raw")
     ingest.run("demo", params, root / "raw", root / "processed")

@@ -56,7 +56,7 @@ def hp_for(name: str, params: dict, tiny: bool = False) -> HParams:
     return hp
 
 
-ALL_MODELS = ["pop", "bpr", "lightgcn", "vbpr", "itemknn", "lattice", "freedom", "micro", "rearm"]
+ALL_MODELS = ["pop", "bpr", "lightgcn", "vbpr", "bm3", "itemknn", "lattice", "freedom", "micro", "rearm"]
 TRAINED = [m for m in ALL_MODELS if m not in ("pop", "itemknn")]  # the others rank without training
 # Parameters that get no gradient by construction: FREEDOM's projection biases cancel in the BPR
 # difference; REARM's "knowledge compression" layers are detached in the official code.

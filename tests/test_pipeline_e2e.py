@@ -132,7 +132,11 @@ def test_full_repro_builds_every_output(project):
     # only the runs' headline metrics are DVC metrics: test and best-validation recall/ndcg@20
     assert set(shown) == {f"runs/demo/{run}/metrics.json" for run in runs} | {
         "runs/demo/freedom/default/warm/metrics.json",
+        "runs/demo/bm3/clip_ft/warm/metrics.json",  # LMM4Rec: the fine-tuned encoder's features
+        "runs/demo/vbpr/e2e/warm/metrics.json",  # LMM4Rec: end to end
     }
+    assert "## demo: LMM4Rec" in report and "| vbpr | end to end |" in report and "| bm3 | fine-tuned |" in report
+    assert (p / "processed/demo/finetuned/encoder/model.safetensors").is_file()
     for run in runs:
         metrics = shown[f"runs/demo/{run}/metrics.json"]["data"]
         assert set(metrics) == {"test", "valid"} and set(metrics["test"]) == {"recall@20", "ndcg@20"}
@@ -162,9 +166,9 @@ def test_item_knn_k_reruns_graphs_and_graph_models_only(project):
     k = yaml.safe_load((project.path / "params.yaml").read_text())["graphs"]["item_knn_k"]
     project.set_param("graphs.item_knn_k", k + 1)
     ran = project.repro()
-    graph_models = {s for s in all_stages(project) if re.match(r"(train|evaluate)_graph(_cold)?@", s)}
+    graph_models = {s for s in all_stages(project) if re.match(r"(train|evaluate)_(graph(_cold)?|lmm)@", s)}
     assert graph_models, "the demo config enables a graph model"
-    assert ran == {"graphs@demo-default", "report"} | graph_models
+    assert ran == {"graphs@demo-default", "graphs@demo-clip_ft", "report"} | graph_models
 
 
 def test_lightgcn_layers_rerun_only_lightgcn_and_report(project):
@@ -188,7 +192,9 @@ def test_kcore_change_reuses_the_persisted_feature_caches(project):
         stats = json.loads((project.path / f"processed/demo/feature_stats/default-{modality}.json").read_text())
         assert stats["encoded"] == 0 and stats["cache_hits"] == stats["with_input"] > 0, modality
     project.set_param("kcore.item_min", 5)
-    assert project.repro() == {"ingest@demo", "images@demo", *features}
+    # finetune_encoder is upstream of every features stage (the clip_ft set reads its output): it re-runs
+    # on the restored items and writes its original bytes, so nothing past the features re-runs either
+    assert project.repro() == {"ingest@demo", "images@demo", "finetune_encoder@demo", *features}
     assert project.repro() == set()
 
 

@@ -23,8 +23,10 @@ from typing import Any
 import pytest
 import yaml
 
+from mmpipe.config import ParamsError
 from models.core.registry import all_models
 from stages import check
+from stages.common import pipeline
 from stages.common.pipeline import MODEL_LISTS
 from tests import code_deps
 from tests.conftest import ROOT
@@ -56,6 +58,15 @@ def dep_paths(stage: dict[str, Any]) -> list[str]:
     return [d if isinstance(d, str) else next(iter(d)) for d in stage_body(stage).get("deps", [])]
 
 
+def may_run(cls: Any, group: str) -> bool:
+    """Whether a train/evaluate stage of `group` may run the model (stages.common.pipeline.check_group)."""
+    try:
+        pipeline.check_group(cls.name, cls.reads, group, cls.end_to_end)
+    except ParamsError:
+        return False
+    return True
+
+
 def code_dep_problems(dvc: dict[str, Any]) -> list[str]:
     problems = []
     for name, stage in dvc["stages"].items():
@@ -66,7 +77,7 @@ def code_dep_problems(dvc: dict[str, Any]) -> list[str]:
                 problems.append(f"{name}: models/${{item.model}}.py missing from deps")
             # every model a list may name: its file plus what it imports must be covered by the stage's deps
             group = command(stage)[1]["group"]
-            for model in (m for m, cls in all_models().items() if cls.reads == group):  # what the stage may run
+            for model in (m for m, cls in all_models().items() if may_run(cls, group)):  # what the stage may run
                 expected = code_deps.stage_code(module, model)
                 got = sorted(d.replace("${item.model}", model) for d in listed)
                 if got != expected:
@@ -103,7 +114,7 @@ def model_group_problems(dvc: dict[str, Any], params: dict[str, Any]) -> list[st
             cls = models.get(model)
             if cls is None:
                 problems.append(f"pipeline.{list_name}: unknown model {model!r}")
-            elif cls.reads != group:
+            elif not may_run(cls, group):
                 problems.append(f"pipeline.{list_name}: {model} reads {cls.reads!r}, the list's group is {group!r}")
             elif setting == "cold" and not cls.scores_cold_items:
                 problems.append(f"pipeline.{list_name}: {model} cannot score cold items")
@@ -119,7 +130,7 @@ def model_group_problems(dvc: dict[str, Any], params: dict[str, Any]) -> list[st
             problems.append(
                 f"{name}: iterates over {matrix.get('model')}, group {group}/{setting} is pipeline.{lists[0]}"
             )
-        if (group == "id") == ("feature_set" in flags):
+        if (group in ("id", "e2e")) == ("feature_set" in flags):
             problems.append(f"{name}: --feature-set must be given exactly for models that read features")
         seen.add((module, group, setting))
     for group, setting in MODEL_LISTS.values():
@@ -177,11 +188,11 @@ def test_model_group_check_catches_a_misplaced_model_and_a_wrong_list():
 @pytest.mark.parametrize(
     ("key", "value", "message"),
     [
-        ("pipeline.id_models", ["bpr", "lightgnc"], r"names model 'lightgnc', which does not exist; models: bpr,"),
+        ("pipeline.id_models", ["bpr", "lightgnc"], r"names model 'lightgnc', which does not exist; models: bm3, bpr,"),
         ("pipeline.id_models", ["bpr", "vbpr"], r"'vbpr' reads 'feat' inputs, so it belongs in pipeline.feature_mod"),
         ("pipeline.cold_graph_models", ["itemknn", "itemknn"], r"cold_graph_models lists itemknn more than once"),
         ("pipeline.datasets", ["demo", "demo_b", "dmeo"], r"no block datasets.dmeo .*datasets: demo, demo_b, baby"),
-        ("pipeline.feature_sets", ["default", "clipp"], r"key 'features.clipp.text' is missing"),
+        ("pipeline.feature_sets", ["default", "clip", "clip_ft", "clipp"], r"key 'features.clipp.text' is missing"),
         ("train.lightgcn", {"n_layers": 2, "n_layer": 3}, r"lightgcn has unknown key 'n_layer' \(known: embedding_"),
         ("train.lightgcn", {"n_layers": "two"}, r"train.lightgcn.n_layers = 'two': expected an integer"),
         ("train.vbpr", {"modalities": ["text", "audio"]}, r"train.vbpr.modalities asks for audio"),

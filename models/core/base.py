@@ -7,6 +7,8 @@ A model file declares everything the pipeline needs to know about its model on t
   `id` (training interactions only), `feat` (+ item features per modality), `graph` (+ features and
   the graphs stage's kNN and co-occurrence matrices);
 * `scores_cold_items`: whether it can rank items that had no training interaction (from content);
+* `end_to_end`: whether it reads its item features only as `self.features[modality]`, so that
+  `models.core.end_to_end` can train it with the encoder that produces them (LMM4Rec's third paradigm);
 * `HParams`: its hyperparameters as a typed `Config` (types, defaults, ranges); the `train.<name>`
   block of params.yaml is validated against it (`models.core.registry.model_config`).
 
@@ -84,6 +86,7 @@ class Recommender(nn.Module):
     reads: ClassVar[str] = "id"
     trainable: ClassVar[bool] = True
     scores_cold_items: ClassVar[bool] = False
+    end_to_end: ClassVar[bool] = False
     HParams: ClassVar[type[HParams]]
     # Named settings from a paper (e.g. REARM's per-dataset commands), chosen with `train.<name>.preset`.
     PRESETS: ClassVar[Mapping[str, Mapping[str, Any]]] = {}
@@ -134,6 +137,15 @@ class Recommender(nn.Module):
 
     def on_epoch_start(self, epoch: int, rng: np.random.Generator) -> None:
         """Called before every training epoch (MMRec's pre_epoch_processing): resample, rebuild."""
+
+    def set_item_features(self, features: dict[str, torch.Tensor]) -> None:
+        """End-to-end training: the item features become the encoder's output (set before every step and
+        before scoring); the model's own copy (fixed, or trainable as in MMRec's LATTICE and BM3) is dropped."""
+        if not self.end_to_end:
+            raise TypeError(f"model {self.name!r} has no end-to-end variant (end_to_end = False)")
+        if "features" in self._modules:
+            del self.features
+        self.features = dict(features)
 
     def loss(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError(f"{type(self).__name__} is not trained with a loss")

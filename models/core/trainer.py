@@ -6,6 +6,13 @@ negatives the user has interacted with, and takes Adam steps on the model's loss
 `eval_every` epochs the model ranks all items for the validation users; the best state by
 `valid_metric` is kept, and training stops after `patience` evaluations without improvement
 (MMRec's `stopping_step`).
+
+Under torchrun (N processes, `train.processes`), the model is wrapped in DistributedDataParallel: every
+process draws the same permutation (and the same per-epoch resampling, e.g. FREEDOM's pruning), takes
+its 1/N share of each batch with its own negatives, and the gradients are averaged before each step; so
+one step still covers one batch and a process sees 1/N of it. Every process validates the same model
+and takes the same early-stopping decision, without communication. One process is byte-identical to
+the code before DDP existed.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from tqdm import tqdm
 
 from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import autocast
+from mmpipe.distributed import distributed
 from mmpipe.threads import use_threads
 from models.core.base import Recommender, TrainData
 from models.core.evaluator import METRICS, evaluate
@@ -136,6 +144,8 @@ def fit(
     epoch (`mmpipe.threads`); a positive value is used as is; None leaves them alone.
     """
     rng = seed_everything(cfg.seed, model.device)
+    rank, world = distributed()
+    neg_rng = rng if world == 1 else np.random.default_rng([cfg.seed, rank])  # negatives differ per process
     history: list[dict[str, float]] = []
 
     def validate() -> tuple[dict[str, float], float]:
@@ -150,19 +160,20 @@ def fit(
         history.append(
             {"epoch": 0, "loss": math.nan, **_prefixed(metrics), "train_seconds": 0.0, "eval_seconds": round(eval_s, 3)}
         )
-        return FitResult(_state_on_cpu(model), 0, metrics, history)
+        return FitResult(state_on_cpu(model), 0, metrics, history)
 
     coo = data.train.tocoo()
     users_all, items_all = coo.row.astype(np.int64), coo.col.astype(np.int64)
     sampler = NegativeSampler(data.train)
     optimizer = model.make_optimizer(model.lr if model.lr is not None else cfg.lr)
+    step_loss = model.loss if world == 1 else _ddp_loss(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: model.lr_decay ** (e / 50))
     best_value, best_epoch, best_valid = -math.inf, 0, {}
-    best_state = _state_on_cpu(model)
+    best_state = state_on_cpu(model)
     stale = 0
     device = model.device
     model.train()
-    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress)
+    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress or rank != 0)
     for epoch in bar:
         if num_threads is not None:
             use_threads(num_threads)
@@ -171,11 +182,11 @@ def fit(
         order = rng.permutation(len(users_all))
         total, batches = 0.0, 0
         for s in range(0, len(order), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
+            idx = order[s : s + cfg.batch_size][rank::world]
             users, pos = users_all[idx], items_all[idx]
-            neg = sampler.sample(rng, users)
+            neg = sampler.sample(neg_rng, users)
             with autocast(device, cfg.precision):
-                loss = model.loss(*(torch.from_numpy(a).to(device) for a in (users, pos, neg)))
+                loss = step_loss(*(torch.from_numpy(a).to(device) for a in (users, pos, neg)))
             if not torch.isfinite(loss):
                 raise FloatingPointError(f"loss became {loss.item()} at epoch {epoch}; lower train.common.lr")
             optimizer.zero_grad()
@@ -192,7 +203,7 @@ def fit(
             value = metrics[cfg.valid_metric]
             if value > best_value:
                 best_value, best_epoch, best_valid, stale = value, epoch, metrics, 0
-                best_state = _state_on_cpu(model)
+                best_state = state_on_cpu(model)
             else:
                 stale += 1
             row["eval_seconds"] = round(eval_s, 3)
@@ -215,7 +226,29 @@ def fit(
     return FitResult(best_state, best_epoch, best_valid, history)
 
 
-def _state_on_cpu(model: Recommender) -> dict[str, torch.Tensor]:
+class _LossModule(torch.nn.Module):
+    """The model's loss as `forward`, which is what DistributedDataParallel wraps and hooks."""
+
+    def __init__(self, model: Recommender) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        return self.model.loss(users, pos, neg)
+
+
+def _ddp_loss(model: Recommender):
+    """DDP around the model's loss: gradients averaged over the processes in backward. Parameters a step
+    does not use (LATTICE's projections after an epoch's first step) are allowed."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    device = model.device
+    return DistributedDataParallel(
+        _LossModule(model), device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
+    )
+
+
+def state_on_cpu(model: Recommender) -> dict[str, torch.Tensor]:
     """A copy of the model's weights on the CPU (where checkpoints are written)."""
     if model.device.type == "cpu":
         return copy.deepcopy(model.state_dict())

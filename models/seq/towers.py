@@ -83,7 +83,22 @@ def _layer_output(out: object) -> torch.Tensor:
     return out[0] if isinstance(out, tuple) else out
 
 
-class TextTower(nn.Module):
+class _Tower(nn.Module):
+    """What both towers share: the encoder frozen below its top blocks, and the projection to `dim`."""
+
+    def __init__(self, encoder: nn.Module, dim: int, n_trainable_layers: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.trainable_params, self.frozen_params = freeze_below_top(encoder, n_trainable_layers)
+        blocks = transformer_blocks(encoder)
+        self.first_trainable = len(blocks) - n_trainable_layers  # the frozen part's output feeds this block
+        self.top = list(blocks)[self.first_trainable :]
+        self.project = nn.Linear(encoder.config.hidden_size, dim)
+        nn.init.xavier_normal_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
+
+
+class TextTower(_Tower):
     """Token states of every catalogue item's text, projected to `dim`, for a batch of item indices.
 
     The frozen part (embeddings and the lower blocks) is a fixed function of the item: it runs once, in
@@ -95,18 +110,9 @@ class TextTower(nn.Module):
     def __init__(
         self, encoder: nn.Module, dim: int, n_trainable_layers: int, ids: torch.Tensor, mask: torch.Tensor
     ) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.trainable_params, self.frozen_params = freeze_below_top(encoder, n_trainable_layers)
-        blocks = transformer_blocks(encoder)
-        self.top = list(blocks)[len(blocks) - n_trainable_layers :]
-        self.project = nn.Linear(encoder.config.hidden_size, dim)
-        nn.init.xavier_normal_(self.project.weight)
-        nn.init.zeros_(self.project.bias)
+        super().__init__(encoder, dim, n_trainable_layers)
         self.register_buffer("mask", mask, persistent=False)
-        self.register_buffer(
-            "frozen_cache", self._frozen_states(ids, mask, len(blocks) - n_trainable_layers), persistent=False
-        )
+        self.register_buffer("frozen_cache", self._frozen_states(ids, mask, self.first_trainable), persistent=False)
 
     @torch.no_grad()
     def _frozen_states(
@@ -135,22 +141,13 @@ class TextTower(nn.Module):
         return self.project(states), mask
 
 
-class ImageTower(nn.Module):
+class ImageTower(_Tower):
     """Patch states (CLS included, before the final LayerNorm) of every catalogue item's image, projected
     to `dim`; the frozen part cached as in TextTower."""
 
     def __init__(self, encoder: nn.Module, dim: int, n_trainable_layers: int, pixels: torch.Tensor) -> None:
-        super().__init__()
-        self.encoder = encoder
-        self.trainable_params, self.frozen_params = freeze_below_top(encoder, n_trainable_layers)
-        blocks = transformer_blocks(encoder)
-        self.top = list(blocks)[len(blocks) - n_trainable_layers :]
-        self.project = nn.Linear(encoder.config.hidden_size, dim)
-        nn.init.xavier_normal_(self.project.weight)
-        nn.init.zeros_(self.project.bias)
-        self.register_buffer(
-            "frozen_cache", self._frozen_states(pixels, len(blocks) - n_trainable_layers), persistent=False
-        )
+        super().__init__(encoder, dim, n_trainable_layers)
+        self.register_buffer("frozen_cache", self._frozen_states(pixels, self.first_trainable), persistent=False)
 
     @torch.no_grad()
     def _frozen_states(self, pixels_uint8: torch.Tensor, first_trainable: int, batch: int = 256) -> torch.Tensor:

@@ -12,10 +12,8 @@ Recall@K with one target per user, so the shared evaluator gives both HR and NDC
 
 from __future__ import annotations
 
-import copy
 import logging
 import math
-import os
 import time
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -26,9 +24,10 @@ from tqdm import tqdm
 
 from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import autocast
+from mmpipe.distributed import distributed
 from mmpipe.threads import use_threads
 from models.core.evaluator import evaluate
-from models.core.trainer import seed_everything
+from models.core.trainer import FitResult, seed_everything, state_on_cpu
 from models.seq.data import Sequences, left_pad, training_batch
 
 
@@ -55,34 +54,6 @@ class SeqTrainConfig(Config):
             raise ParamsError(
                 f"params.yaml: {where}.valid_metric = {self.valid_metric!r}: expected hr@K or ndcg@K with K in ks"
             )
-
-
-@dataclass
-class SeqFitResult:
-    best_state: dict[str, torch.Tensor]
-    best_epoch: int
-    best_valid: dict[str, float]
-    history: list[dict[str, float]]
-
-
-def distributed() -> tuple[int, int]:
-    """(rank, world size) of this process: torchrun sets RANK and WORLD_SIZE; (0, 1) alone."""
-    import torch.distributed as dist
-
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def init_distributed(device: torch.device) -> tuple[int, int]:
-    """Join the process group torchrun describes (gloo on the CPU, NCCL on GPUs); alone: (0, 1)."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1 or dist.is_initialized():
-        return distributed()
-    dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
-    return distributed()
 
 
 def hr_metrics(metrics: dict[str, float]) -> dict[str, float]:
@@ -127,7 +98,7 @@ def fit_sequential(
     log: logging.Logger,
     progress: bool = True,
     num_threads: int | None = None,
-) -> SeqFitResult:
+) -> FitResult:
     """Train on the sequences; keep the best state by the validation metric (on every process alike)."""
     import torch.distributed as dist
 
@@ -146,7 +117,7 @@ def fit_sequential(
     ks = sorted(set(cfg.ks))
     history: list[dict[str, float]] = []
     best_value, best_epoch, best_valid, stale = -math.inf, 0, {}, 0
-    best_state = _state_on_cpu(module)
+    best_state = state_on_cpu(module)
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress or rank != 0)
     for epoch in bar:
         if num_threads is not None:
@@ -188,7 +159,7 @@ def fit_sequential(
         value = metrics[cfg.valid_metric]
         if value > best_value:
             best_value, best_epoch, best_valid, stale = value, epoch, metrics, 0
-            best_state = _state_on_cpu(module)
+            best_state = state_on_cpu(module)
         else:
             stale += 1
         if rank == 0:
@@ -201,14 +172,8 @@ def fit_sequential(
     bar.close()
     if world > 1:
         dist.barrier()
-    return SeqFitResult(best_state, best_epoch, best_valid, history)
+    return FitResult(best_state, best_epoch, best_valid, history)
 
 
 def module_device(model: nn.Module) -> torch.device:
     return (model.module if hasattr(model, "module") else model).device
-
-
-def _state_on_cpu(module: nn.Module) -> dict[str, torch.Tensor]:
-    if module.device.type == "cpu":
-        return copy.deepcopy(module.state_dict())
-    return {k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}

@@ -20,8 +20,11 @@ MODEL_LISTS = {
     "graph_models": ("graph", "warm"),
     "cold_feature_models": ("feat", "cold"),
     "cold_graph_models": ("graph", "cold"),
+    "lmm4rec_models": ("lmm", "warm"),  # LMM4Rec's frozen paradigms: on pipeline.lmm4rec_feature_sets
+    "e2e_models": ("e2e", "warm"),  # LMM4Rec's end-to-end paradigm: trained with the encoder of train.e2e
 }
 SETTINGS = ("warm", "cold")
+LMM_READS = ("feat", "graph")  # what the lmm group's stages track: features and graphs of the set
 
 
 def lists_of(group: str) -> list[str]:
@@ -29,8 +32,18 @@ def lists_of(group: str) -> list[str]:
     return [f"pipeline.{name}" for name, (g, _) in MODEL_LISTS.items() if g == group]
 
 
-def check_group(model: str, reads: str, group: str) -> None:
-    """A model must run in the stage group of what it reads, or DVC would not track its inputs."""
+def check_group(model: str, reads: str, group: str, end_to_end: bool = False) -> None:
+    """A model must run in the stage group of what it reads, or DVC would not track its inputs; group e2e
+    takes the models that read their features through an encoder (`end_to_end = True` in their file)."""
+    if group == "e2e":
+        if not end_to_end:
+            raise ParamsError(
+                f"params.yaml: pipeline.e2e_models lists '{model}', which has no end-to-end variant (a model with "
+                f"end_to_end = True in its file reads its item features through the encoder)"
+            )
+        return
+    if group == "lmm" and reads in LMM_READS:
+        return
     if reads != group:
         raise ParamsError(
             f"params.yaml: model '{model}' reads {reads!r} inputs, so it belongs in {' or '.join(lists_of(reads))}, "
@@ -46,13 +59,19 @@ class PipelineConfig(Config):
     transfer_targets: tuple[str, ...] = param([], doc="of `datasets`: PMMRec's transfer targets")
     transfer_variants: tuple[str, ...] = param([], doc="keys of `seq.variants`")
     demo_encoders: tuple[str, ...] = param([], doc="keys of `demo_encoders`: seeded random models to build")
-    feature_sets: tuple[str, ...] = param(["default"], doc="keys of `features` holding one encoder per modality")
+    feature_sets: tuple[str, ...] = param(
+        ["default"], doc="keys of `features` holding one encoder per modality: encoded, graphs built"
+    )
+    model_feature_sets: tuple[str, ...] = param(["default"], doc="of feature_sets: the feature/graph models run on")
+    lmm4rec_feature_sets: tuple[str, ...] = param([], doc="of feature_sets: lmm4rec_models run on each")
     modalities: tuple[str, ...] = param(["text", "image"], doc="the modalities of every feature set")
     id_models: tuple[str, ...] = param([])
     feature_models: tuple[str, ...] = param([])
     graph_models: tuple[str, ...] = param([])
     cold_feature_models: tuple[str, ...] = param([])
     cold_graph_models: tuple[str, ...] = param([])
+    lmm4rec_models: tuple[str, ...] = param([])
+    e2e_models: tuple[str, ...] = param([])
 
     def check(self, where: str) -> None:
         for name in self.keys():
@@ -70,6 +89,20 @@ class PipelineConfig(Config):
         if outside:
             raise ParamsError(
                 f"params.yaml: {where}: {', '.join(outside)} must also be in {where}.datasets (which are ingested)"
+            )
+        for name in ("model_feature_sets", "lmm4rec_feature_sets"):
+            extra = [s for s in getattr(self, name) if s not in self.feature_sets]
+            if extra:
+                raise ParamsError(
+                    f"params.yaml: {where}.{name} lists {', '.join(extra)}, which {where}.feature_sets does not "
+                    f"(only feature_sets are encoded and get graphs)"
+                )
+        both = sorted(set(self.model_feature_sets) & set(self.lmm4rec_feature_sets))
+        shared = sorted(set(self.lmm4rec_models) & {*self.feature_models, *self.graph_models})
+        if both and shared:
+            raise ParamsError(
+                f"params.yaml: {where}: {', '.join(shared)} would run twice on feature set {', '.join(both)} (from "
+                f"model_feature_sets and lmm4rec_feature_sets); list each set in one of the two"
             )
         if len(self.pretrain_sources) > 1:
             raise ParamsError(

@@ -10,7 +10,6 @@ hyperparameters, `train` changes to seq.train), `train.device`, `train.num_threa
 
 from __future__ import annotations
 
-import csv
 import io
 import os
 import time
@@ -25,15 +24,16 @@ import torch
 from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import resolve_device
 from mmpipe.hf import ModelUnavailable, offline_hint, resolve_model
-from mmpipe.io import read_parquet, write_bytes, write_json, write_text
+from mmpipe.io import csv_text, read_parquet, write_bytes, write_json, write_text
 from mmpipe.log import get_logger
 from mmpipe.paths import DatasetDir
 from mmpipe.schemas import ITEM_FIELDS, item_text
 from models.core.registry import model_config
+from models.core.trainer import FitResult
 from models.pmmrec import PMMRec, SeqData
 from models.seq.data import Sequences, load_sequences
 from models.seq.towers import decode_images, load_image_model, load_text_model, read_item_images, tokenize
-from models.seq.trainer import SeqFitResult, SeqTrainConfig
+from models.seq.trainer import SeqTrainConfig
 
 log = get_logger("sequential")
 
@@ -161,17 +161,6 @@ def encoder_params(model: PMMRec) -> dict[str, int]:
     return out
 
 
-def history_csv(rows: list[dict[str, float]]) -> str:
-    columns: list[str] = []
-    for row in rows:
-        columns += [c for c in row if c not in columns]
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=columns, lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(rows)
-    return buf.getvalue()
-
-
 def checkpoint_bytes(state: dict[str, torch.Tensor], hp: PMMRec.HParams, best_epoch: int, max_seq_len: int) -> bytes:
     """torch.save into memory (a fixed inner name, nothing run-specific inside): byte-identical for equal weights."""
     buf = io.BytesIO()
@@ -179,7 +168,7 @@ def checkpoint_bytes(state: dict[str, torch.Tensor], hp: PMMRec.HParams, best_ep
     return buf.getvalue()
 
 
-def write_run(out_dir: Path, result: SeqFitResult, hp: PMMRec.HParams, cfg: SeqTrainConfig, summary: dict) -> None:
+def write_run(out_dir: Path, result: FitResult, hp: PMMRec.HParams, cfg: SeqTrainConfig, summary: dict) -> None:
     epochs = [r["train_seconds"] for r in result.history]
     summary.update(
         best_epoch=result.best_epoch,
@@ -188,5 +177,5 @@ def write_run(out_dir: Path, result: SeqFitResult, hp: PMMRec.HParams, cfg: SeqT
         seconds_per_epoch=round(float(np.mean(epochs)), 3) if epochs else 0.0,
     )
     write_bytes(out_dir / "model.pt", checkpoint_bytes(result.best_state, hp, result.best_epoch, cfg.max_seq_len))
-    write_text(out_dir / "history.csv", history_csv(result.history))
+    write_text(out_dir / "history.csv", csv_text(result.history))
     write_json(out_dir / "train.json", summary)

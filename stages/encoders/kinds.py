@@ -4,8 +4,8 @@
 |--------------|----------------------------------------------|-------------------------------------------------|
 | `sbert`      | `SentenceTransformer(name or path)`          | the model's sentence embedding                  |
 | `roberta`    | `AutoModel` + `AutoTokenizer` (RoBERTa, XLM-R) | mean over non-padding tokens, or the CLS token |
-| `clip_text`  | `CLIPModel` + its tokenizer                  | projected text embedding                        |
-| `clip_image` | `CLIPModel` + `CLIPImageProcessor`           | projected image embedding                       |
+| `clip_text`  | `CLIPModel` (SigLIP: `AutoModel`) + tokenizer | projected (SigLIP: pooled) text embedding      |
+| `clip_image` | `CLIPModel` + `CLIPImageProcessor` (SigLIP: Auto*) | projected (SigLIP: pooled) image embedding |
 | `precomputed`| nothing: features a source ships (ingest's `shipped/<role>.parquet`) |                         |
 
 One params block per (feature set, modality), `features.<set>.<modality>`, parsed into an
@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from mmpipe.config import Config, ParamsError, param
-from mmpipe.hf import ModelUnavailable, offline_hint, resolve_model
+from mmpipe.hf import ModelUnavailable, offline_hint, pick_output, resolve_model
 from mmpipe.io import sha256_tree
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -91,17 +91,6 @@ class EncoderConfig(Config):
         return ENCODERS[self.kind].modality
 
 
-def pick_output(out: Any, *names: str) -> torch.Tensor:
-    """A tensor result, or the first named field of a transformers output object (5.x returns objects)."""
-    if isinstance(out, torch.Tensor):
-        return out
-    for name in names:
-        value = getattr(out, name, None)
-        if value is not None:
-            return value
-    raise TypeError(f"model output {type(out).__name__} has none of {names}")
-
-
 class Encoder:
     """Base: loads the model named in the params block; subclasses implement `_load` and `encode`."""
 
@@ -123,6 +112,7 @@ class Encoder:
         if not isinstance(cfg, EncoderConfig):
             cfg = EncoderConfig.parse({"kind": self.kind, **cfg}, name)
         self.name, self.cfg = name, cfg
+        self.allow_download = allow_download
         self.ref = str(cfg.model)
         self.batch_size = cfg.batch_size
         self.normalize = cfg.normalize
@@ -195,6 +185,7 @@ class _TokenizedTextEncoder(Encoder):
     """Shared by the transformers text encoders: tokenise once, batch by sorted length, pad per batch."""
 
     modality = "text"
+    pad_to_max = False  # pad every batch to max_tokens instead of its longest text
 
     def _forward(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         raise NotImplementedError
@@ -207,7 +198,8 @@ class _TokenizedTextEncoder(Encoder):
         with torch.inference_mode():
             for start in range(0, len(order), self.batch_size):
                 rows = order[start : start + self.batch_size]
-                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt")
+                padding = {"padding": "max_length", "max_length": self.max_tokens} if self.pad_to_max else {}
+                batch = self.tokenizer.pad({"input_ids": [ids[i] for i in rows]}, return_tensors="pt", **padding)
                 emb = self._finish(self._forward({k: v.to(self.device) for k, v in batch.items()}))
                 if out is None:
                     out = np.zeros((len(ids), emb.shape[1]), dtype=np.float32)
@@ -243,16 +235,18 @@ class RobertaEncoder(_TokenizedTextEncoder):
 
 
 class ClipTextEncoder(_TokenizedTextEncoder):
-    """The text tower of a CLIPModel: projected text embeddings."""
+    """The text tower of a CLIP or SigLIP model: its text embeddings."""
 
     kind = "clip_text"
 
     def _load(self, cfg: EncoderConfig, local_only: bool) -> None:
-        from transformers import AutoTokenizer, CLIPModel
+        from transformers import AutoTokenizer
 
         self.tokenizer = AutoTokenizer.from_pretrained(self.path, local_files_only=local_only)
-        self.model = CLIPModel.from_pretrained(self.path, local_files_only=local_only).to(self.dtype).eval()
+        self.model = load_dual_model(self.path, local_only).to(self.dtype).eval()
         self.max_tokens = min(cfg.max_tokens, int(self.model.config.text_config.max_position_embeddings))
+        # SigLIP was trained on texts padded to full length and pools the last position: keep the padding
+        self.pad_to_max = self.model.config.model_type.startswith("siglip")
 
     def _fingerprint_extra(self, cfg: EncoderConfig) -> dict[str, Any]:
         return {"max_tokens": self.max_tokens}
@@ -262,17 +256,33 @@ class ClipTextEncoder(_TokenizedTextEncoder):
         return pick_output(out, "text_embeds", "pooler_output")
 
 
+def load_dual_model(path: str, local_only: bool) -> torch.nn.Module:
+    """A dual image-text encoder: `CLIPModel` for a CLIP checkpoint, else `AutoModel` (SigLIP and the
+    like, which expose the same get_text_features / get_image_features)."""
+    from transformers import AutoConfig, AutoModel, CLIPModel
+
+    config = AutoConfig.from_pretrained(path, local_files_only=local_only)
+    loader = CLIPModel if config.model_type == "clip" else AutoModel
+    model = loader.from_pretrained(path, local_files_only=local_only)
+    if not (hasattr(model, "get_text_features") and hasattr(model, "get_image_features")):
+        raise ValueError(f"{path}: {type(model).__name__} is not a dual image-text encoder (CLIP, SigLIP)")
+    return model
+
+
 class ClipImageEncoder(Encoder):
-    """The image tower of a CLIPModel: projected image embeddings of JPEG bytes."""
+    """The image tower of a CLIP or SigLIP model: its image embeddings of JPEG bytes."""
 
     kind = "clip_image"
     modality = "image"
 
     def _load(self, cfg: EncoderConfig, local_only: bool) -> None:
-        from transformers import CLIPImageProcessor, CLIPModel
+        from transformers import AutoImageProcessor, CLIPImageProcessor
 
-        self.model = CLIPModel.from_pretrained(self.path, local_files_only=local_only).to(self.dtype).eval()
-        self.processor = CLIPImageProcessor.from_pretrained(self.path, local_files_only=local_only)
+        self.model = load_dual_model(self.path, local_only).to(self.dtype).eval()
+        processor = CLIPImageProcessor if self.model.config.model_type == "clip" else AutoImageProcessor
+        self.processor = processor.from_pretrained(self.path, local_files_only=local_only)
+        config = self.model.config  # CLIP projects its features; SigLIP's are the pooling head's output
+        self.dim = int(getattr(config, "projection_dim", None) or config.vision_config.hidden_size)
 
     def _fingerprint_extra(self, cfg: EncoderConfig) -> dict[str, Any]:
         import json
@@ -282,10 +292,8 @@ class ClipImageEncoder(Encoder):
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Projected embeddings; transformers 5 returns an output object, 4.x a tensor."""
         emb = pick_output(self.model.get_image_features(pixel_values=pixel_values), "image_embeds", "pooler_output")
-        if emb.shape[-1] != self.model.config.projection_dim:
-            raise RuntimeError(
-                f"CLIP image features have dim {emb.shape[-1]}, expected projection {self.model.config.projection_dim}"
-            )
+        if emb.shape[-1] != self.dim:
+            raise RuntimeError(f"image features have dim {emb.shape[-1]}, expected {self.dim}")
         return emb
 
     def _pixels(self, jpegs: Sequence[bytes]) -> torch.Tensor:
@@ -296,7 +304,7 @@ class ClipImageEncoder(Encoder):
 
     def encode(self, inputs: Sequence[bytes], progress: Callable[[int], Any] | None = None) -> np.ndarray:
         starts = list(range(0, len(inputs), self.batch_size))
-        out = np.zeros((len(inputs), self.model.config.projection_dim), dtype=np.float32)
+        out = np.zeros((len(inputs), self.dim), dtype=np.float32)
         with ThreadPoolExecutor(max_workers=1) as decoder, torch.inference_mode():
             upcoming = decoder.submit(self._pixels, inputs[0 : self.batch_size]) if starts else None
             for n, start in enumerate(starts):
