@@ -18,6 +18,7 @@ hash is stable), and a summary to `processed/<ds>/finetune_stats.json`.
 
 from __future__ import annotations
 
+import math
 import stat
 import sys
 import time
@@ -194,25 +195,31 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
         "%s: %d of %d items have an image and a text (%d without text, %d without image are left out)",
         dataset, len(pairs), inputs.n_items, no_text, no_image,
     )  # fmt: skip
-    train, valid = split_pairs(pairs, cfg, dataset)
+    if len(pairs):
+        train, valid = split_pairs(pairs, cfg, dataset)
+    else:  # a one-modality dataset: the clip_ft features of its one modality are the base encoder's
+        log.warning("%s: no item has both an image and a text: nothing to fine-tune on; base encoder written", dataset)
+        train = valid = pairs
 
     torch.manual_seed(cfg.seed)
     set_gradient_checkpointing(model, cfg.gradient_checkpointing)
     model.to(device)
     params_to_train = [p for p in model.parameters() if p.requires_grad]
     optimizer = (
-        torch.optim.AdamW(params_to_train, lr=cfg.lr, weight_decay=cfg.weight_decay) if params_to_train else None
+        torch.optim.AdamW(params_to_train, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        if params_to_train and len(train)
+        else None
     )
     rng = np.random.default_rng(cfg.seed)
     valid_b = valid_batches(valid, cfg.batch_size)
 
-    best_loss = valid_loss(model, inputs, valid_b, cfg, device)
+    best_loss = valid_loss(model, inputs, valid_b, cfg, device) if len(valid) else math.nan
     best_state, best_epoch, stale = cpu_state(model), 0, 0
     history: list[dict[str, Any]] = [
-        {"epoch": 0, "train_loss": None, "valid_loss": round(best_loss, 6), "seconds": 0.0}
+        {"epoch": 0, "train_loss": None, "valid_loss": _rounded(best_loss), "seconds": 0.0}
     ]
     log.info("%s: epoch 0 (un-tuned %s) valid loss %.4f", dataset, cfg.model, best_loss)
-    if optimizer is None:
+    if optimizer is None and len(train):
         log.warning("%s: finetune.n_trainable_layers = 0 freezes every parameter: the base model is written", dataset)
     train_seconds = 0.0
     trained_pairs = 0
@@ -280,7 +287,7 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
         "train_pairs": len(train),
         "valid_pairs": len(valid),
         "best_epoch": best_epoch,
-        "best_valid_loss": round(best_loss, 6),
+        "best_valid_loss": _rounded(best_loss),
         "epochs_run": epochs_run,
         "history": history,
         "seconds_per_epoch": round(train_seconds / epochs_run, 4) if epochs_run else 0.0,
@@ -297,6 +304,11 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
         summary["items_per_second"], out,
     )  # fmt: skip
     return summary
+
+
+def _rounded(loss: float) -> float | None:
+    """A loss for the JSON report; None where there was nothing to compute it on."""
+    return None if math.isnan(loss) else round(loss, 6)
 
 
 def main(argv: list[str] | None = None) -> int:

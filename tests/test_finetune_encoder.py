@@ -215,3 +215,17 @@ def test_no_trainable_layer_writes_the_base_weights(demo_project, tmp_path):
     base = load_file(demo_project / "raw/encoders/demo-clip" / WEIGHTS)
     tuned = load_file(processed / "demo/finetuned/encoder" / WEIGHTS)
     assert all(torch.equal(base[name], tuned[name]) for name in base)
+
+
+def test_a_dataset_without_images_gets_the_base_weights(demo_project, tmp_path):
+    """A one-modality dataset has no image/text pair: the stage writes the base encoder, says so, and the
+    features stage reads it as any other (its clip_ft features are the base CLIP's)."""
+    processed = copy_dataset(demo_project, tmp_path)
+    images = processed / "demo/images.lmdb"
+    images.unlink()
+    lmdb_store.write_store(images, iter(()))
+    summary = finetune_encoder.run("demo", finetune_params(demo_project), processed)
+    assert summary["pairs"] == 0 and summary["epochs_run"] == 0 and summary["best_valid_loss"] is None
+    base = load_file(demo_project / "raw/encoders/demo-clip" / WEIGHTS)
+    tuned = load_file(processed / "demo/finetuned/encoder" / WEIGHTS)
+    assert all(torch.equal(base[name], tuned[name]) for name in base)

@@ -30,8 +30,15 @@ MODELS = {  # list -> models, every one of them able to run on a single modality
 
 
 def one_modality_params(params: dict, modality: str) -> dict:
-    params["pipeline"].update(modalities=[modality], feature_sets=["default"], **MODELS)
+    params["pipeline"].update(
+        modalities=[modality], feature_sets=["default"], lmm4rec_feature_sets=[], lmm4rec_models=[], e2e_models=[],
+        **MODELS,
+    )  # fmt: skip
     params["features"]["default"] = {modality: params["features"]["default"][modality]}
+    # finetune_encoder runs for every train dataset (on a text-only one it writes the base weights): give it
+    # a CLIP that is not the demo's, so that no stage of a text-only dataset reads the demo CLIP
+    if modality == "text":
+        params["finetune"]["model"] = "openai/clip-vit-base-patch32"
     # no encoder reads the demo CLIP on a text-only dataset: check wants it out of the list
     params["pipeline"]["demo_encoders"] = ["demo-clip"] if modality == "image" else []
     for model in ("vbpr", "itemknn", "lattice", "freedom", "micro"):
