@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import copy
 import os
+import signal
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +19,22 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MMPIPE_PROGRESS", "0")
 
 TINY_DEMO = {"source": "demo", "seed": 3, "n_users": 160, "n_items": 70, "mean_interactions": 10}
+
+
+def run_stage_command(command: list[str], cwd: Path, env: dict[str, str], timeout: float = 600) -> None:
+    """Run a stage's command line in its own session (so that a timeout, or an interrupted test run, takes
+    torchrun's workers down too); fail with the end of its stderr unless it exits 0."""
+    proc = subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        start_new_session=True,
+    )  # fmt: skip
+    try:
+        _, stderr = proc.communicate(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 0, stderr[-3000:]
 
 
 def tiny_params() -> dict[str, Any]:

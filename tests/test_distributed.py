@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,7 +14,7 @@ import yaml
 
 from mmpipe.io import read_json
 from stages import features
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_stage_command
 
 pytestmark = pytest.mark.distributed
 
@@ -58,15 +56,7 @@ def run_train_stage(work: Path, params: dict, model: str) -> dict:
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MMPIPE_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "stages.train", "--dataset", "demo", "--model", model, "--setting", "warm",
                "--group", "id"]  # fmt: skip
-    # Its own session, so that a timeout takes torchrun's workers down too.
-    proc = subprocess.Popen(command, cwd=work, env=env, stderr=subprocess.PIPE, text=True, start_new_session=True)
-    try:
-        _, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, stderr[-3000:]
+    run_stage_command(command, work, env)
     return read_json(work / f"runs/demo/{model}/warm/train.json")
 
 

@@ -7,8 +7,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import signal
-import subprocess
 import sys
 
 import numpy as np
@@ -24,7 +22,7 @@ from stages import ingest, pretrain, transfer
 from stages.common import sequential
 from stages.encoders.builders import build_roberta
 from stages.sources import demo
-from tests.conftest import ROOT, tiny_params
+from tests.conftest import ROOT, run_stage_command, tiny_params
 
 TINY_XLMR = {"seed": 0, "hidden_size": 32, "layers": 2, "heads": 2, "vocab_size": 400}
 
@@ -183,19 +181,8 @@ def test_pretraining_under_torchrun_with_two_processes(seq_project, tmp_path):
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MMPIPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    # Its own session, so that a timeout (or an interrupted test run) takes the workers down too.
-    proc = subprocess.Popen(
-        [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "stages.pretrain", "--source", "demo"],
-        cwd=work, env={**env, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-        text=True, start_new_session=True,
-    )  # fmt: skip
-    try:
-        _, stderr = proc.communicate(timeout=600)
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-    assert proc.returncode == 0, stderr[-3000:]
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "stages.pretrain", "--source", "demo"]
+    run_stage_command(command, work, {**env, "PYTHONPATH": str(ROOT)})
     summary = json.loads((work / "runs/demo/pmmrec/pretrain/train.json").read_text())
     assert summary["processes"] == 2 and summary["epochs_run"] == 1
     state = torch.load(work / "runs/demo/pmmrec/pretrain/model.pt", weights_only=True)["state_dict"]
