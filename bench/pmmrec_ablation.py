@@ -34,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("mmpipe").setLevel(logging.WARNING)
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    target, source = params["pipeline"]["transfer_targets"][0], params["pipeline"]["pretrain_sources"][0]
+    target = params["pipeline"]["transfer_targets"][0]
     print(f"{target}, from scratch, seq.train as in params.yaml")
     print(f"{'variant':15s} {'losses':20s} {'HR@10':>15s} {'NDCG@10':>15s} {'s/epoch':>8s}   ({args.seeds} seeds)")
     base_seed = params["seq"]["train"]["seed"]
@@ -43,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.seeds):
             params["seq"]["train"]["seed"] = base_seed + k
             with tempfile.TemporaryDirectory() as tmp:
-                summary = transfer.run(target, variant, source, params, ROOT / "processed", Path(tmp))
+                summary = transfer.run(target, variant, params, ROOT / "processed", Path(tmp))
                 result = yaml.safe_load((Path(tmp) / target / "pmmrec" / variant / "evaluation.json").read_text())
             hr.append(result["test"]["hr@10"])
             ndcg.append(result["test"]["ndcg@10"])

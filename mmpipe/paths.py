@@ -117,6 +117,22 @@ def run_dir(dataset: str, model: str, setting: str, feature_set: str | None = No
     return (root / feature_set if feature_set else root) / setting
 
 
+# runs/pretrain/: pre-training, on one or several source datasets together (pipeline.pretrain_sources).
+# DVC cannot expand a params list into one stage's deps, so each source gets a small `pretrain_input`
+# stage writing runs/pretrain/inputs/<source>.json, and the pretrain stage depends on that folder.
+PRETRAIN = "pretrain"
+
+
+def pretrain_dir(model: str, runs: Path = RUNS) -> Path:
+    """`runs/pretrain/<model>/`: the pre-trained checkpoint, its history and summary."""
+    return Path(runs) / PRETRAIN / model
+
+
+def pretrain_input(source: str, runs: Path = RUNS) -> Path:
+    """`runs/pretrain/inputs/<source>.json`: what pre-training reads of a source (hashes, counts)."""
+    return Path(runs) / PRETRAIN / "inputs" / f"{source}.json"
+
+
 @dataclass(frozen=True)
 class RunFiles:
     """What the train and evaluate stages write for one run."""

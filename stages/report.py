@@ -25,7 +25,7 @@ import yaml
 from mmpipe.config import ParamsError
 from mmpipe.io import atomic_dir, read_json, write_text
 from mmpipe.log import get_logger
-from mmpipe.paths import REPORTS, RUNS, RunFiles, run_dir
+from mmpipe.paths import REPORTS, RUNS, RunFiles, pretrain_dir, run_dir
 from stages.common import pipeline
 from stages.common.datasets import dataset_config
 from stages.common.params import declared, run_stage
@@ -258,14 +258,14 @@ def sequential_sections(cfg: pipeline.PipelineConfig, records: list[dict[str, An
             "target; the user's history is masked.",
             "",
         ]
-        for source in cfg.pretrain_sources:
-            path = RunFiles(run_dir(source, "pmmrec", "pretrain", runs=runs_root)).train_summary
+        for model in cfg.pretrain_models:
+            path = RunFiles(pretrain_dir(model, runs_root)).train_summary
             if path.is_file():
                 pre = read_json(path)
                 md += [
-                    f"Pre-trained on {source}: {pre['users']} sequences, {pre['epochs_run']} epochs (best "
-                    f"{pre['best_epoch']}, valid HR@10 {pre['best_valid'].get('hr@10', float('nan')):.4f}), "
-                    f"{pre['seconds_per_epoch']:.1f} s/epoch.",
+                    f"Pre-trained on {' + '.join(pre['sources'])}: {pre['users']} sequences, {pre['items']} items, "
+                    f"{pre['epochs_run']} epochs (best {pre['best_epoch']}, valid HR@10 "
+                    f"{pre['best_valid'].get('hr@10', float('nan')):.4f}), {pre['seconds_per_epoch']:.1f} s/epoch.",
                     "",
                 ]
         header = ["variant", "item tower", "pre-trained part", *SEQ_TABLE, "valid hr@10", "best epoch", "s/epoch",

@@ -1,9 +1,10 @@
 """Stage `transfer`: fine-tune PMMRec (or its SASRec / single-modality variants) on a target dataset,
 starting from the pre-trained checkpoint or from scratch, and evaluate it on the target's test users.
 
-`python -m stages.transfer --target <ds> --variant <v> --source <pretrain ds>`; the variant
+`python -m stages.transfer --target <ds> --variant <v>`; the variant
 (`seq.variants.<v>`) sets `pretrain_part` (none: from scratch; full, item_encoder, user_encoder:
-PMMRec's three ways to transfer, loading only tensors whose name and shape match), `overrides` of
+PMMRec's three ways to transfer from `runs/pretrain/pmmrec/model.pt`, loading only tensors whose name
+and shape match), `overrides` of
 `train.pmmrec` (e.g. item_tower: id for SASRec, text or image for the single-modality settings) and
 `train` changes to `seq.train`. Writes `runs/<target>/pmmrec/<variant>/`: `model.pt`, `history.csv`,
 `train.json`, `evaluation.json` (HR and NDCG at every K, valid and test), `metrics.json` (the headline:
@@ -24,7 +25,7 @@ import torch
 from mmpipe.distributed import finish_distributed, init_distributed
 from mmpipe.io import write_json, write_parquet
 from mmpipe.log import get_logger, progress_disabled
-from mmpipe.paths import PROCESSED, RUNS, DatasetDir, run_dir
+from mmpipe.paths import PROCESSED, RUNS, DatasetDir, pretrain_dir, run_dir
 from mmpipe.threads import use_threads
 from models.pmmrec import PMMRec
 from models.seq.trainer import fit_sequential, rank_users
@@ -36,15 +37,15 @@ log = get_logger("transfer")
 HEADLINE = ("hr@10", "ndcg@10")  # PMMRec's metrics
 
 
-def param_keys(target: str, variant: str, source: str) -> list[str]:
+def param_keys(target: str, variant: str) -> list[str]:
     return [*sequential.common_keys(), f"seq.variants.{variant}"]
 
 
 def run(
-    target: str, variant: str, source: str, params: dict[str, Any], processed: Path = PROCESSED, runs: Path = RUNS
+    target: str, variant: str, params: dict[str, Any], processed: Path = PROCESSED, runs: Path = RUNS
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    params = declared(params, param_keys(target, variant, source))
+    params = declared(params, param_keys(target, variant))
     spec = sequential.read_variant(params, variant)
     hp = sequential.model_hparams(params, spec.overrides)
     cfg = sequential.train_config(params, spec.train, where=f"seq.train (+ seq.variants.{variant}.train)")
@@ -55,12 +56,14 @@ def run(
     torch.manual_seed(cfg.seed)  # the same initial weights whatever ran before in this process
     model = PMMRec(data, hp, cfg.max_seq_len)
     copied: list[str] = []
+    sources = None
     if spec.pretrain_part != "none":
-        checkpoint = run_dir(source, sequential.MODEL, "pretrain", runs=runs) / "model.pt"
-        if not checkpoint.is_file():
-            raise FileNotFoundError(f"{checkpoint}: no pre-trained PMMRec (run the pretrain stage for {source})")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)["state_dict"]
-        copied = model.load_pretrained(state, spec.pretrain_part)
+        path = pretrain_dir(sequential.MODEL, runs) / "model.pt"
+        if not path.is_file():
+            raise FileNotFoundError(f"{path}: no pre-trained PMMRec (run the pretrain stage first)")
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        sources = checkpoint.get("sources")
+        copied = model.load_pretrained(checkpoint["state_dict"], spec.pretrain_part)
     model.move_to(device)
     result = fit_sequential(model, seqs, cfg, log, progress=not progress_disabled(), num_threads=threads)
     model.load_state_dict(result.best_state)
@@ -68,7 +71,7 @@ def run(
     summary = {
         "target": target,
         "variant": variant,
-        "source": source if spec.pretrain_part != "none" else None,
+        "sources": sources,
         "pretrain_part": spec.pretrain_part,
         "item_tower": hp.item_tower,
         "tensors_transferred": len(copied),
@@ -106,7 +109,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(__doc__, run, ("target", "variant", "source"), argv, param_keys=param_keys)
+    return run_stage(__doc__, run, ("target", "variant"), argv, param_keys=param_keys)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,7 @@ def tiny_params() -> dict[str, Any]:
     params["pipeline"].update(
         datasets=["demo"],
         train_datasets=["demo"],
+        pretrain_models=[],
         pretrain_sources=[],
         transfer_targets=[],
         transfer_variants=[],

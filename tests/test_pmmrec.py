@@ -11,14 +11,15 @@ import sys
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
 
 from mmpipe.paths import DatasetDir
 from models.pmmrec import NEG, PAD, PMMRec
-from models.seq.data import build_sequences, training_batch
-from stages import ingest, pretrain, transfer
+from models.seq.data import build_sequences, concat_sequences, training_batch
+from stages import ingest, pretrain, pretrain_input, transfer
 from stages.common import sequential
 from stages.encoders.builders import build_roberta
 from stages.sources import demo
@@ -157,21 +158,69 @@ def test_the_id_tower_transfers_nothing_of_another_catalogue(seq_project):
     assert "item_ids.weight" not in sasrec.load_pretrained(other, "full")
 
 
+def pretrain_on(sources, params, processed, runs):
+    """The pretrain_input stage for each source, then the pretrain stage on all of them."""
+    params = {**params, "pipeline": {**params["pipeline"], "pretrain_sources": list(sources)}}
+    for source in sources:
+        pretrain_input.run(source, params, processed, runs)
+    return pretrain.run("pmmrec", params, processed, runs)
+
+
 def test_pretrain_then_transfer_stages(seq_project, tmp_path):
     root, params = seq_project
     runs = tmp_path / "runs"
-    params["datasets"]["demo"] = dict(params["datasets"]["demo"])
-    summary = pretrain.run("demo", params, root / "processed", runs)
+    summary = pretrain_on(["demo"], params, root / "processed", runs)
     assert summary["encoder_params_trained"] > 0 and summary["encoder_params_frozen"] > 0
-    assert (runs / "demo/pmmrec/pretrain/model.pt").is_file()
+    assert torch.load(runs / "pretrain/pmmrec/model.pt", weights_only=True)["sources"] == ["demo"]
     for variant in ("scratch", "full", "sasrec"):
-        result = transfer.run("demo", variant, "demo", params, root / "processed", runs)
+        result = transfer.run("demo", variant, params, root / "processed", runs)
         evaluation = json.loads((runs / f"demo/pmmrec/{variant}/evaluation.json").read_text())
         assert 0 <= evaluation["test"]["hr@10"] <= 1 and evaluation["test"]["hr@50"] >= evaluation["test"]["hr@10"]
         assert (result["tensors_transferred"] > 0) == (variant == "full")
+        assert result["sources"] == (["demo"] if variant == "full" else None)
         metrics = json.loads((runs / f"demo/pmmrec/{variant}/metrics.json").read_text())
         assert set(metrics["test"]) == {"hr@10", "ndcg@10"}
     assert json.loads((runs / "demo/pmmrec/sasrec/train.json").read_text())["encoder_params_trained"] == 0
+
+
+def test_sequences_of_several_sources_are_one_catalogue():
+    def seqs(n_items, rows):
+        users, items = zip(*rows, strict=True)
+        table = pa.table({"user_idx": pa.array(users, pa.int32()), "item_idx": pa.array(items, pa.int32()),
+                          "timestamp": pa.array(range(len(rows)), pa.int64())})  # fmt: skip
+        return build_sequences(table, n_items, max_seq_len=5)
+
+    a = seqs(4, [(0, 0), (0, 1), (0, 2), (0, 3), (1, 1)])  # user 1: too short, dropped
+    b = seqs(3, [(0, 2), (0, 0), (0, 1), (1, 1), (1, 2), (1, 0)])
+    both = concat_sequences([a, b])
+    assert both.n_items == 7 and len(both) == 3 and both.dropped_short == 1
+    assert [s.tolist() for s in both.train] == [[0, 1], [6], [5]]  # b's items shifted by a's 4
+    assert both.valid_target.tolist() == [2, 4, 6] and both.test_target.tolist() == [3, 5, 4]
+    assert both.popularity.tolist() == [*a.popularity, *b.popularity]
+    assert concat_sequences([a]) is a
+
+
+def test_pretraining_on_two_sources_and_a_changed_source_is_refused(seq_project, tmp_path):
+    root, params = seq_project
+    processed, runs = tmp_path / "processed", tmp_path / "runs"
+    processed.mkdir()
+    (processed / "demo").symlink_to(root / "processed/demo")
+    shutil.copytree(root / "processed/demo", processed / "other")  # a second source: same content, own items
+    one = json.loads(json.dumps(pretrain_input.run("demo", params, processed, runs)))
+    summary = pretrain_on(["demo", "other"], {**params, "seq": {**params["seq"], "pretrain": {"epochs": 1}}},
+                          processed, runs)  # fmt: skip
+    assert summary["sources"] == ["demo", "other"]
+    assert summary["items"] == 2 * one["items"] and summary["users"] == 2 * one["users"]
+    checkpoint = torch.load(runs / "pretrain/pmmrec/model.pt", weights_only=True)
+    assert checkpoint["sources"] == ["demo", "other"]
+    assert transfer.run("demo", "full", params, root / "processed", runs)["tensors_transferred"] > 0
+    # a source's items change after its record was written: pre-training stops, naming the file
+    items = processed / "other/items.parquet"
+    table = pq.read_table(items)
+    pq.write_table(table.replace_schema_metadata({**table.schema.metadata, b"edited": b"by hand"}), items)
+    with pytest.raises(ValueError, match=r"other's items.parquet changed since it was recorded"):
+        pretrain.run("pmmrec", {**params, "pipeline": {**params["pipeline"], "pretrain_sources": ["demo", "other"]}},
+                     processed, runs)  # fmt: skip
 
 
 def test_pretraining_under_torchrun_with_two_processes(seq_project, tmp_path):
@@ -180,15 +229,17 @@ def test_pretraining_under_torchrun_with_two_processes(seq_project, tmp_path):
     work = tmp_path / "ddp"
     work.mkdir()
     (work / "processed").symlink_to(root / "processed")
-    params["seq"]["pretrain"] = {"epochs": 1}
+    params = {**params, "pipeline": {**params["pipeline"], "pretrain_sources": ["demo"]}}
+    params["seq"] = {**params["seq"], "pretrain": {"epochs": 1}}
+    pretrain_input.run("demo", params, work / "processed", work / "runs")
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     torchrun = shutil.which("torchrun", path=os.path.dirname(sys.executable))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MMPIPE_PROGRESS": "0", "OMP_NUM_THREADS": "1"}
-    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "stages.pretrain", "--source", "demo"]
+    command = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "stages.pretrain", "--model", "pmmrec"]
     run_stage_command(command, work, {**env, "PYTHONPATH": str(ROOT)})
-    summary = json.loads((work / "runs/demo/pmmrec/pretrain/train.json").read_text())
+    summary = json.loads((work / "runs/pretrain/pmmrec/train.json").read_text())
     assert summary["processes"] == 2 and summary["epochs_run"] == 1
-    state = torch.load(work / "runs/demo/pmmrec/pretrain/model.pt", weights_only=True)["state_dict"]
+    state = torch.load(work / "runs/pretrain/pmmrec/model.pt", weights_only=True)["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
 
 
@@ -197,7 +248,7 @@ def test_a_transfer_run_is_byte_identical_whatever_ran_before(seq_project, tmp_p
     torch.manual_seed(123)  # another state of the global generator than the second run sees
     torch.rand(10)
     for name in ("a", "b"):
-        transfer.run("demo", "scratch", "demo", params, root / "processed", tmp_path / name)
+        transfer.run("demo", "scratch", params, root / "processed", tmp_path / name)
         torch.rand(7)
     a, b = (tmp_path / name / "demo/pmmrec/scratch/model.pt" for name in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()

@@ -196,6 +196,9 @@ def test_model_group_check_catches_a_misplaced_model_and_a_wrong_list():
         ("train.lightgcn", {"n_layers": 2, "n_layer": 3}, r"lightgcn has unknown key 'n_layer' \(known: embedding_"),
         ("train.lightgcn", {"n_layers": "two"}, r"train.lightgcn.n_layers = 'two': expected an integer"),
         ("train.vbpr", {"modalities": ["text", "audio"]}, r"train.vbpr.modalities asks for audio"),
+        ("pipeline.pretrain_models", ["sasrec"], r"pretrain_models lists sasrec; the pre-trained models are pmmrec"),
+        ("pipeline.pretrain_sources", [], r"pretrain_models and pretrain_sources go together"),
+        ("pipeline.pretrain_sources", ["demo", "dmeo"], r"dmeo must also be in pipeline.datasets"),
     ],
 )  # fmt: skip
 def test_check_stage_names_the_key_and_what_is_allowed(key, value, message):

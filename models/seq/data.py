@@ -104,6 +104,27 @@ def build_sequences(interactions: pa.Table, n_items: int, max_seq_len: int, min_
     )
 
 
+def concat_sequences(parts: list[Sequences]) -> Sequences:
+    """Several datasets' sequences as one catalogue: dataset k's items come after those of datasets < k.
+
+    Pre-training on several sources (PMMRec's multi-domain pre-training) then sees one dataset whose
+    items are the union of the sources' items, each still described only by its content. One part is
+    returned as is.
+    """
+    if len(parts) == 1:
+        return parts[0]
+    offsets = np.cumsum([0, *(p.n_items for p in parts[:-1])])
+    return Sequences(
+        n_items=int(sum(p.n_items for p in parts)),
+        users=np.arange(sum(len(p) for p in parts), dtype=np.int64),  # positions: user ids clash across sources
+        train=[seq + off for p, off in zip(parts, offsets, strict=True) for seq in p.train],
+        valid_target=np.concatenate([p.valid_target + off for p, off in zip(parts, offsets, strict=True)]),
+        test_target=np.concatenate([p.test_target + off for p, off in zip(parts, offsets, strict=True)]),
+        dropped_short=sum(p.dropped_short for p in parts),
+        popularity=np.concatenate([p.popularity for p in parts]),
+    )
+
+
 def load_sequences(dataset_dir: Path | DatasetDir, max_seq_len: int) -> Sequences:
     ds = dataset_dir if isinstance(dataset_dir, DatasetDir) else DatasetDir(Path(dataset_dir))
     check_same_ingest(ds.interactions, ds.items)

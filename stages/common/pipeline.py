@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmpipe.config import Config, ParamsError, coerce, param
+from mmpipe.paths import PRETRAIN
 
 # The model lists, by the dvc.yaml stage group that runs them: (group, setting) per list. A model's
 # group is what it reads (`reads` in its file); dvc.yaml's train_<group>[_cold] stages track exactly
@@ -24,6 +25,7 @@ MODEL_LISTS = {
     "e2e_models": ("e2e", "warm"),  # LMM4Rec's end-to-end paradigm: trained with the encoder of train.e2e
 }
 SETTINGS = ("warm", "cold")
+PRETRAINED_MODELS = ("pmmrec",)  # what pipeline.pretrain_models may list
 LMM_READS = ("feat", "graph")  # what the lmm group's stages track: features and graphs of the set
 
 
@@ -55,7 +57,10 @@ def check_group(model: str, reads: str, group: str, end_to_end: bool = False) ->
 class PipelineConfig(Config):
     datasets: tuple[str, ...] = param(doc="keys of `datasets`: downloaded, ingested, images prepared")
     train_datasets: tuple[str, ...] = param([], doc="of `datasets`: features, graphs and the listed models")
-    pretrain_sources: tuple[str, ...] = param([], doc="of `datasets`: PMMRec's pre-training data (one, or none)")
+    pretrain_sources: tuple[str, ...] = param(
+        [], doc="of `datasets`: pre-trained on together, as one catalogue (one or several; none: no pre-training)"
+    )
+    pretrain_models: tuple[str, ...] = param([], doc="models pre-trained on pretrain_sources: [pmmrec], or none")
     transfer_targets: tuple[str, ...] = param([], doc="of `datasets`: PMMRec's transfer targets")
     transfer_variants: tuple[str, ...] = param([], doc="keys of `seq.variants`")
     demo_encoders: tuple[str, ...] = param([], doc="keys of `demo_encoders`: seeded random models to build")
@@ -104,13 +109,24 @@ class PipelineConfig(Config):
                 f"params.yaml: {where}: {', '.join(shared)} would run twice on feature set {', '.join(both)} (from "
                 f"model_feature_sets and lmm4rec_feature_sets); list each set in one of the two"
             )
-        if len(self.pretrain_sources) > 1:
+        unknown = [m for m in self.pretrain_models if m not in PRETRAINED_MODELS]
+        if unknown:
             raise ParamsError(
-                f"params.yaml: {where}.pretrain_sources = {list(self.pretrain_sources)}: one pre-training dataset "
-                f"(dvc.yaml's transfer stages depend on its checkpoint), or none"
+                f"params.yaml: {where}.pretrain_models lists {', '.join(unknown)}; the pre-trained models are "
+                f"{', '.join(PRETRAINED_MODELS)}"
             )
-        if self.transfer_targets and (not self.pretrain_sources or not self.transfer_variants):
-            raise ParamsError(f"params.yaml: {where}.transfer_targets needs pretrain_sources and transfer_variants")
+        if bool(self.pretrain_models) != bool(self.pretrain_sources):
+            raise ParamsError(
+                f"params.yaml: {where}.pretrain_models and pretrain_sources go together: both empty (no "
+                f"pre-training) or both set"
+            )
+        if PRETRAIN in self.datasets:
+            raise ParamsError(
+                f"params.yaml: {where}.datasets: '{PRETRAIN}' is where pre-training writes (runs/"
+                f"{PRETRAIN}/); name the dataset otherwise"
+            )
+        if self.transfer_targets and (not self.pretrain_models or not self.transfer_variants):
+            raise ParamsError(f"params.yaml: {where}.transfer_targets needs pretrain_models and transfer_variants")
 
     def models(self) -> list[str]:
         """Every model of every list, once, in list order."""

@@ -31,7 +31,7 @@ from mmpipe.schemas import ITEM_FIELDS, item_text
 from models.core.registry import model_config
 from models.core.trainer import FitResult
 from models.pmmrec import PMMRec, SeqData
-from models.seq.data import Sequences, load_sequences
+from models.seq.data import Sequences, concat_sequences, load_sequences
 from models.seq.towers import decode_images, load_image_model, load_text_model, read_item_images, tokenize
 from models.seq.trainer import SeqTrainConfig
 
@@ -103,11 +103,26 @@ def load_dataset(
     ds: DatasetDir, hp: PMMRec.HParams, max_seq_len: int, allow_download: bool
 ) -> tuple[Sequences, SeqData, dict[str, Any]]:
     """Sequences and the item content PMMRec's tower needs (texts tokenised, images decoded), plus counts."""
+    return load_datasets([ds], hp, max_seq_len, allow_download)
+
+
+def load_datasets(
+    dirs: list[DatasetDir], hp: PMMRec.HParams, max_seq_len: int, allow_download: bool
+) -> tuple[Sequences, SeqData, dict[str, Any]]:
+    """`load_dataset` of several datasets as one catalogue (`concat_sequences`): pre-training on sources.
+
+    The encoders are loaded once; each dataset's texts and images are prepared as for one dataset and
+    stacked in the same order as the items. Counts are summed over the datasets.
+    """
     start = time.perf_counter()
-    seqs = load_sequences(ds, max_seq_len)
-    if not len(seqs):
-        raise ValueError(f"{ds.interactions}: no user with at least 3 interactions: no sequence to learn from")
-    items = read_parquet(ds.items).to_pylist()
+    parts = []
+    for ds in dirs:
+        seqs = load_sequences(ds, max_seq_len)
+        if not len(seqs):
+            raise ValueError(f"{ds.interactions}: no user with at least 3 interactions: no sequence to learn from")
+        parts.append(seqs)
+    seqs = concat_sequences(parts)
+    items = [row for ds in dirs for row in read_parquet(ds.items).to_pylist()]
     data = SeqData(n_users=len(seqs), n_items=seqs.n_items, popularity=seqs.popularity)
     info: dict[str, Any] = {"users": len(seqs), "items": seqs.n_items, "users_dropped_short": seqs.dropped_short}
     if hp.item_tower in ("modal", "text"):
@@ -118,17 +133,27 @@ def load_dataset(
         info["items_without_text"] = sum(1 for t in texts if not t)
     if hp.item_tower in ("modal", "image"):
         encoder = _load("image_model", hp.image_model, allow_download, load_image_model)
-        jpegs = read_item_images(ds.images, [row["item_id"] for row in items])
-        data.pixels, has_image = decode_images(jpegs, int(encoder.config.image_size))
+        size = int(encoder.config.image_size)
+        decoded = [decode_images(read_item_images(ds.images, [r["item_id"] for r in rows]), size)
+                   for ds, rows in zip(dirs, _split(items, [p.n_items for p in parts]), strict=True)]  # fmt: skip
+        data.pixels = decoded[0][0] if len(decoded) == 1 else torch.cat([px for px, _ in decoded])
         data.image_encoder = encoder
-        info["items_without_image"] = int((~has_image).sum())
+        info["items_without_image"] = int(sum((~has).sum() for _, has in decoded))
     info["prepare_seconds"] = round(time.perf_counter() - start, 2)
     log.info(
         "%s: %d sequences (%d users with < 3 items dropped), %d items%s",
-        ds.name, len(seqs), seqs.dropped_short, seqs.n_items,
+        "+".join(ds.name for ds in dirs), len(seqs), seqs.dropped_short, seqs.n_items,
         "".join(f", {v} {k.replace('_', ' ')}" for k, v in info.items() if k.startswith("items_without")),
     )  # fmt: skip
     return seqs, data, info
+
+
+def _split(rows: list, sizes: list[int]) -> list[list]:
+    out, at = [], 0
+    for n in sizes:
+        out.append(rows[at : at + n])
+        at += n
+    return out
 
 
 def check_params(pipeline_cfg: Any, params: dict[str, Any]) -> set[str]:
@@ -161,10 +186,16 @@ def encoder_params(model: PMMRec) -> dict[str, int]:
     return out
 
 
-def checkpoint_bytes(state: dict[str, torch.Tensor], hp: PMMRec.HParams, best_epoch: int, max_seq_len: int) -> bytes:
-    """torch.save into memory (a fixed inner name, nothing run-specific inside): byte-identical for equal weights."""
+def checkpoint_bytes(
+    state: dict[str, torch.Tensor], hp: PMMRec.HParams, best_epoch: int, max_seq_len: int, sources: list[str] | None
+) -> bytes:
+    """torch.save into memory (a fixed inner name, nothing run-specific inside): byte-identical for equal weights.
+    `sources`: the datasets a pre-trained checkpoint learned from (None for a target's run)."""
     buf = io.BytesIO()
-    torch.save({"state_dict": state, "hp": hp.as_dict(), "best_epoch": best_epoch, "max_seq_len": max_seq_len}, buf)
+    checkpoint = {"state_dict": state, "hp": hp.as_dict(), "best_epoch": best_epoch, "max_seq_len": max_seq_len}
+    if sources is not None:
+        checkpoint["sources"] = sources
+    torch.save(checkpoint, buf)
     return buf.getvalue()
 
 
@@ -176,6 +207,7 @@ def write_run(out_dir: Path, result: FitResult, hp: PMMRec.HParams, cfg: SeqTrai
         best_valid={k: round(v, 6) for k, v in result.best_valid.items()},
         seconds_per_epoch=round(float(np.mean(epochs)), 3) if epochs else 0.0,
     )
-    write_bytes(out_dir / "model.pt", checkpoint_bytes(result.best_state, hp, result.best_epoch, cfg.max_seq_len))
+    checkpoint = checkpoint_bytes(result.best_state, hp, result.best_epoch, cfg.max_seq_len, summary.get("sources"))
+    write_bytes(out_dir / "model.pt", checkpoint)
     write_text(out_dir / "history.csv", csv_text(result.history))
     write_json(out_dir / "train.json", summary)
