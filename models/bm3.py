@@ -60,7 +60,7 @@ class BM3(Recommender):
         self.ui_adj = sparse_tensor(sym_normalize(bipartite_adjacency(data.train)))
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        out = layer_mean(self.ui_adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_layers)
+        out = layer_mean(self.ui_adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_layers, self.ui_adj)
         return out[: self.n_users], out[self.n_users :] + self.item_emb
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

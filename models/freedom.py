@@ -91,7 +91,7 @@ class FREEDOM(Recommender):
         h = self.item_emb
         for _ in range(self.hp.n_mm_layers):
             h = self.mm_adj @ h
-        out = layer_mean(adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers)
+        out = layer_mean(adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers, adj)
         return out[: self.n_users], out[self.n_users :] + h
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -73,7 +73,8 @@ class LATTICE(Recommender):
         self.original = [
             coo_tensor(sym_normalize(top_k(data.knn[m], hp.knn_k, f"graphs/knn/{m}.npz"))) for m in self.modalities
         ]
-        self.ui_adj = sparse_tensor(self_loop_row_normalize(bipartite_adjacency(data.train)))
+        ui_adj = self_loop_row_normalize(bipartite_adjacency(data.train))
+        self.ui_adj, self.ui_adj_t = sparse_tensor(ui_adj), sparse_tensor(ui_adj.T)  # row-normalised: not symmetric
         self.item_graph = EpochCache(self.build_item_graph)
 
     def on_epoch_start(self, epoch: int, rng) -> None:
@@ -92,7 +93,7 @@ class LATTICE(Recommender):
         h = self.item_emb
         for _ in range(self.hp.n_layers):
             h = torch.sparse.mm(item_graph, h)
-        out = layer_mean(self.ui_adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers)
+        out = layer_mean(self.ui_adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers, self.ui_adj_t)
         return out[: self.n_users], out[self.n_users :] + F.normalize(h, dim=1)
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

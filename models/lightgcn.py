@@ -35,7 +35,7 @@ class LightGCN(Recommender):
         self.adj = sparse_tensor(sym_normalize(bipartite_adjacency(data.train)))
 
     def propagate(self) -> tuple[torch.Tensor, torch.Tensor]:
-        out = layer_mean(self.adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_layers)
+        out = layer_mean(self.adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_layers, self.adj)
         return out[: self.n_users], out[self.n_users :]
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -87,7 +87,8 @@ class MICRO(Recommender):
         self.original = {
             m: coo_tensor(sym_normalize(top_k(data.knn[m], hp.knn_k, f"graphs/knn/{m}.npz"))) for m in self.modalities
         }
-        self.ui_adj = sparse_tensor(self_loop_row_normalize(bipartite_adjacency(data.train)))
+        ui_adj = self_loop_row_normalize(bipartite_adjacency(data.train))
+        self.ui_adj, self.ui_adj_t = sparse_tensor(ui_adj), sparse_tensor(ui_adj.T)  # row-normalised: not symmetric
         self.item_graphs = EpochCache(self.build_item_graphs)
 
     def on_epoch_start(self, epoch: int, rng) -> None:
@@ -112,7 +113,7 @@ class MICRO(Recommender):
         stacked = torch.stack([per_modality[m] for m in self.modalities], dim=1)  # [items, modalities, dim]
         attention = F.softmax(self.query(stacked), dim=1)
         fused = (attention * stacked).sum(dim=1)
-        out = layer_mean(self.ui_adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers)
+        out = layer_mean(self.ui_adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers, self.ui_adj_t)
         return out[: self.n_users], out[self.n_users :] + F.normalize(fused, dim=1), per_modality, fused
 
     def final_embeddings(self) -> tuple[torch.Tensor, torch.Tensor]:

@@ -237,7 +237,7 @@ class REARM(Recommender):
         return list(F.normalize(x, dim=1).split(self.dim, dim=1))
 
     def mean_propagate(self, x: torch.Tensor) -> torch.Tensor:
-        return layer_mean(self.ui_adj, x, self.num_layer)
+        return layer_mean(self.ui_adj, x, self.num_layer, self.ui_adj)
 
     def forward_all(self) -> tuple[torch.Tensor, torch.Tensor]:
         """(representations of users then items [N, 3 * dim], modality channel M [N, 2 * dim])."""

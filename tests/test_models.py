@@ -16,6 +16,8 @@ import yaml
 
 from models.core.base import HParams, TrainData
 from models.core.data import load_train_data
+from models.core.graph import bipartite_adjacency, self_loop_row_normalize, sparse_tensor
+from models.core.layers import layer_mean
 from models.core.registry import MODELS, all_models, get_model, model_config
 from models.core.trainer import NegativeSampler, TrainConfig, fit
 from stages import coldstart, features, graphs, train
@@ -203,6 +205,32 @@ def test_model_in_the_wrong_group_is_rejected(params, demo_ready, tmp_path):
         train.run("demo", "bpr", "cold", "id", params, processed=demo_ready, runs=tmp_path)
     with pytest.raises(ValueError, match=r"unknown key 'epochz' \(known: seed, epochs, patience"):
         TrainConfig.from_params({"epochz": 3})
+
+
+def test_layer_mean_gradient_through_the_kept_transpose_equals_autograds():
+    """The propagation's backward multiplies by the transpose the model keeps: for a row-normalised
+    (not symmetric) graph its gradient must be what torch's own product gives."""
+    rng = np.random.default_rng(0)
+    train = sp.csr_matrix((np.ones(40, np.float32), (rng.integers(0, 9, 40), rng.integers(0, 7, 40))), shape=(9, 7))
+    adj = self_loop_row_normalize(bipartite_adjacency(train))
+    assert abs(adj - adj.T).max() > 0
+    x = torch.randn(16, 4, requires_grad=True)
+    weights = torch.randn(16, 4)
+    (layer_mean(sparse_tensor(adj), x, 3, sparse_tensor(adj.T)) * weights).sum().backward()
+    kept = x.grad.clone()
+    x.grad = None
+    dense = torch.from_numpy(adj.toarray())
+    reference = torch.stack([x, dense @ x, dense @ dense @ x, dense @ dense @ dense @ x]).mean(0)
+    (reference * weights).sum().backward()
+    torch.testing.assert_close(kept, x.grad)
+    assert not torch.allclose(kept, layer_mean_grad_with(sparse_tensor(adj), x, weights))
+
+
+def layer_mean_grad_with(wrong_transpose: torch.Tensor, x: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """The gradient when the matrix itself is passed as its transpose (wrong for this graph)."""
+    x = x.detach().requires_grad_()
+    (layer_mean(wrong_transpose, x, 3, wrong_transpose) * weights).sum().backward()
+    return x.grad
 
 
 def test_rearm_presets_reproduce_the_official_flags(params):
