@@ -9,7 +9,7 @@ export PATH := $(abspath $(BIN)):$(PATH)
 export HF_HUB_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo setup test test-remote test-distributed test-slow bench lint
+.PHONY: demo setup test test-dag test-remote test-distributed test-slow bench lint
 
 # Set up (if needed) and run the whole DAG on the embedded demo dataset.
 demo: setup
@@ -40,10 +40,16 @@ $(PLOTS_TEMPLATE): $(VENV)/.installed
 	mv $@.tmp $@
 	$(BIN)/dvc config --local plots.html_template $(abspath $@)
 
-# The default (fast) test suite; CI runs exactly this. Two workers, one test module each at a time (the
-# end-to-end module shares one DVC project between its tests in order).
+# The default (fast) test suite; CI runs it first. Two workers, one test module each at a time (the
+# end-to-end module shares one DVC project between its tests in order); the end-to-end module starts
+# first on one worker (tests/conftest.py orders it first; xdist's reorder by test count is off).
 test: setup
-	$(BIN)/python -m pytest -q -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder
+
+# The slower DVC DAG tests (tests/test_pipeline_edits.py: LMM4Rec's stages, graph params, k-core with the
+# persisted feature caches, push/pull into a clone, `dvc exp run -S`) on their own demo copy; CI runs them.
+test-dag: setup
+	$(BIN)/python -m pytest -q -m dag
 
 # The S3 remote scenarios (tests/test_remote_s3.py) against a moto server the tests start; CI runs them too.
 test-remote: setup

@@ -223,8 +223,10 @@ def test_pretraining_on_two_sources_and_a_changed_source_is_refused(seq_project,
                      processed, runs)  # fmt: skip
 
 
+@pytest.mark.distributed
 def test_pretraining_under_torchrun_with_two_processes(seq_project, tmp_path):
-    """DistributedDataParallel with gloo on the CPU: two processes train one model, rank 0 writes it."""
+    """DistributedDataParallel with gloo on the CPU: two processes train one model, rank 0 writes it
+    (`make test-distributed`, with the other engines)."""
     root, params = seq_project
     work = tmp_path / "ddp"
     work.mkdir()
