@@ -23,7 +23,8 @@ pytestmark = pytest.mark.dag
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Project:
-    """The tiny demo project with every stage run once (`tests/test_pipeline_e2e.py` checks that run)."""
+    """The full tiny demo project with every stage run once (the outputs outside LMM4Rec are checked on
+    `tests/test_pipeline_e2e.py`'s own run; LMM4Rec's below)."""
     proj = copy_project(tmp_path_factory.mktemp("edits") / "proj", tiny_params())
     assert proj.repro() == all_stages(proj)
     return proj
