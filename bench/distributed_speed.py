@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from mmpipe.io import read_json
+from profiles.apply import with_profile
 from stages import features
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--epochs", type=int, default=5)
     args = parser.parse_args(argv)
     logging.getLogger("mmpipe").setLevel(logging.WARNING)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = with_profile(yaml.safe_load((ROOT / "params.yaml").read_text()), "full")
     with tempfile.TemporaryDirectory() as tmp:
         processed = Path(tmp) / "processed"
         (processed / "demo").mkdir(parents=True)

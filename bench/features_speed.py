@@ -27,6 +27,7 @@ from mmpipe import lmdb_store
 from mmpipe.io import read_parquet, write_parquet
 from mmpipe.schemas import item_text
 from mmpipe.threads import use_threads
+from profiles.apply import with_profile
 from stages import download, features, images, ingest
 from stages.common.params import load_params
 from stages.encoders.builders import build_clip, build_roberta
@@ -52,7 +53,7 @@ def naive(encoder: Encoder, inputs: Sequence) -> Callable[[], object]:
 
 
 def demo_data(tmp: Path) -> tuple[Path, list[str], list[bytes]]:
-    params = load_params(ROOT / "params.yaml")
+    params = with_profile(load_params(ROOT / "params.yaml"), "full")
     download.run("demo", params, tmp / "raw")
     ingest.run("demo", params, tmp / "raw", tmp / "processed")
     images.run("demo", params, tmp / "raw", tmp / "processed")
@@ -66,7 +67,7 @@ def demo_data(tmp: Path) -> tuple[Path, list[str], list[bytes]]:
 
 
 def cache_counters(processed: Path) -> None:
-    params = load_params(ROOT / "params.yaml")
+    params = with_profile(load_params(ROOT / "params.yaml"), "full")
     full = read_parquet(processed / "demo/items.parquet")
     keep = int(len(full) * 0.9)
     write_parquet(processed / "demo/items.parquet", full.slice(0, keep))

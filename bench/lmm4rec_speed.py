@@ -30,6 +30,7 @@ import yaml
 from mmpipe.threads import use_threads
 from models.core.dual_encoder import freeze_below_top, image_features, text_features
 from models.core.trainer import NegativeSampler
+from profiles.apply import with_profile
 from stages import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.getLogger("mmpipe").setLevel(logging.WARNING)
     threads = use_threads(0)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = with_profile(yaml.safe_load((ROOT / "params.yaml").read_text()), "full")
     e2e = params["train"]["e2e"]
     print(f"torch threads: {threads}; encoder {e2e['model']}, top {e2e['n_trainable_layers']} blocks trained, "
           f"encoder_batch_size {e2e['encoder_batch_size']}")  # fmt: skip

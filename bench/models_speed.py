@@ -41,6 +41,7 @@ from models.core.base import TrainData
 from models.core.data import load_train_data
 from models.core.registry import all_models, get_model, model_config
 from models.core.trainer import NegativeSampler, TrainConfig, fit
+from profiles.apply import with_profile
 from stages import coldstart, demo_encoder, download, features, graphs, images, ingest
 from stages.common.params import load_params
 
@@ -146,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baby", type=Path, default=None, help="MMRec's baby.inter: ID models on real Baby too")
     args = parser.parse_args(argv)
     logging.getLogger("mmpipe").setLevel(logging.WARNING)
-    params = load_params(ROOT / "params.yaml")
+    params = with_profile(load_params(ROOT / "params.yaml"), "full")
     threads = [int(t) for t in args.threads.split(",")]
     names = args.models.split(",") if args.models else [m for m in sorted(all_models()) if get_model(m).reads != "seq"]
     print(MMREC_ANCHORS)

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from profiles.apply import with_profile
 from stages import transfer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seeds", type=int, default=3)
     args = parser.parse_args(argv)
     logging.getLogger("mmpipe").setLevel(logging.WARNING)
-    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params = with_profile(yaml.safe_load((ROOT / "params.yaml").read_text()), "full")
     target = params["pipeline"]["transfer_targets"][0]
     print(f"{target}, from scratch, seq.train as in params.yaml")
     print(f"{'variant':15s} {'losses':20s} {'HR@10':>15s} {'NDCG@10':>15s} {'s/epoch':>8s}   ({args.seeds} seeds)")

@@ -2,10 +2,10 @@
 
 A stage module's closure is every project file its imports reach (module-level and function-level
 imports alike, and the packages' `__init__.py` on the way when they hold code, not just a docstring).
-The `check` stage imports every model file, so it depends on the whole `models/` folder; the train and
-evaluate stages run the model's own file, which the registry imports by name, and the shared model
-core (`models/core`, which the model files build on) as one unit. A folder whose every `.py` file is in
-the closure is listed as the folder, otherwise the files are listed one by one.
+The packages in UNITS count as one dependency each: a stage that imports any of their files depends on
+the whole folder. The `check` stage imports every model file, so it depends on the whole `models/`
+folder; the train and evaluate stages run the model's own file, which the registry imports by name, and
+the shared model core (`models/core`). A stage module itself, and any other file, is listed on its own.
 
 `python -m tests.code_deps` prints the expected code deps of every stage module, for editing dvc.yaml.
 """
@@ -92,10 +92,24 @@ def closure(*modules: str) -> set[Path]:
     return {f for f in seen if f.name != "__init__.py" or has_code(f)}
 
 
+# Packages a stage depends on as a whole: the shared core (mmpipe, models/core) and the stages' and
+# models' helper packages. Listing their files one by one made each lock about twice as long and every
+# `dvc repro` (no-op included) hash, lock and compare each file; the price is that an edit of one of
+# their files re-runs every stage that imports any file of the package. Most of those stages import
+# most of the package anyway, and a re-run stage that writes the same bytes re-runs nothing downstream.
+UNITS = ("mmpipe", "models/core", "models/seq", "stages/common", "stages/encoders", "stages/sources")
+
+
 def compress(files: set[Path]) -> list[str]:
-    """dvc.yaml deps for a set of files: a folder when all its .py files are in the set, else the files."""
+    """dvc.yaml deps for a set of files: the unit folder holding a file, or a folder when all its .py
+    files are in the set, else the file."""
     out: set[str] = set()
     for file in files:
+        rel = str(file.relative_to(ROOT))
+        unit = next((u for u in UNITS if rel.startswith(u + "/")), None)
+        if unit is not None:
+            out.add(unit)
+            continue
         folder = file.parent
         kept = file
         while folder != ROOT and all(

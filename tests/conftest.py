@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import os
+import re
 import signal
 import subprocess
 from pathlib import Path
@@ -19,6 +20,46 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MMPIPE_PROGRESS", "0")
 
 TINY_DEMO = {"source": "demo", "seed": 3, "n_users": 160, "n_items": 70, "mean_interactions": 10}
+
+
+# The DAG's files: the root dvc.yaml (check, export, report) and one per family under pipelines/.
+FAMILY_FILES = "pipelines/*/dvc.yaml"
+RUNNING = re.compile(r"Running stage '(?:[^':]*dvc\.yaml:)?([^']+)'")
+
+
+def dvc_files(root: Path = ROOT) -> list[Path]:
+    """Every dvc.yaml of the DAG, the root one first."""
+    return [root / "dvc.yaml", *sorted(root.glob(FAMILY_FILES))]
+
+
+def dvc_stages(root: Path = ROOT) -> dict[str, dict[str, Any]]:
+    """The stage definitions of every dvc.yaml, by stage name (names are unique across the files)."""
+    stages: dict[str, dict[str, Any]] = {}
+    for path in dvc_files(root):
+        for name, stage in yaml.safe_load(path.read_text())["stages"].items():
+            assert name not in stages, f"stage {name} is defined twice ({path})"
+            stages[name] = stage
+    return stages
+
+
+def stage_file(name: str, root: Path = ROOT) -> Path:
+    """The dvc.yaml that defines a stage (`train_id@demo-bpr` or `train_id`)."""
+    group = name.split("@")[0]
+    for path in dvc_files(root):
+        if group in yaml.safe_load(path.read_text())["stages"]:
+            return path
+    raise KeyError(name)
+
+
+def address(name: str, root: Path = ROOT) -> str:
+    """How DVC's commands name a stage: bare in the root dvc.yaml, `<file>:<name>` in a family's."""
+    path = stage_file(name, root)
+    return name if path == root / "dvc.yaml" else f"{path.relative_to(root)}:{name}"
+
+
+def stages_run(output: str) -> set[str]:
+    """The names (without their file) of the stages a `dvc repro` output says it ran."""
+    return set(RUNNING.findall(output))
 
 
 # Modules that take minutes, collected first: with `-n 2 --dist loadfile`, pytest-xdist then gives each
@@ -69,7 +110,10 @@ def tiny_params() -> dict[str, Any]:
     )
     # Every model is unit-tested; the DAG tests need one model of each group (and each cold group).
     params["pipeline"].update(
-        id_models=["bpr", "lightgcn"], graph_models=["itemknn", "freedom"], cold_graph_models=["itemknn"]
+        id_models=["bpr", "lightgcn"],
+        graph_models=["itemknn", "freedom"],
+        cold_feature_models=["vbpr"],
+        cold_graph_models=["itemknn"],
     )
     # LMM4Rec's groups, one model each: the fine-tuned encoder's features (bm3) and end to end (vbpr).
     params["pipeline"].update(

@@ -13,12 +13,12 @@ import subprocess
 
 import numpy as np
 import pytest
-import yaml
 
 from mmpipe.io import read_json
 from stages import check, coldstart, evaluate, export, features, graphs, report, train
 from stages.common.pipeline import MODEL_LISTS
-from tests.test_pipeline_e2e import copy_project
+from tests.conftest import dvc_stages
+from tests.test_pipeline_e2e import all_stages, copy_project
 
 MODELS = {  # list -> models, every one of them able to run on a single modality
     "id_models": ["pop", "bpr"],
@@ -108,12 +108,12 @@ def test_the_demo_clip_is_built_only_when_an_encoder_uses_it(tmp_path, params):
 @pytest.mark.parametrize("modality", ["text", "image"])
 def test_dvc_parses_the_dag_of_a_one_modality_dataset(modality, tmp_path, params):
     project = copy_project(tmp_path / "p", one_modality_params(params, modality))
-    stages = set(project.sh("dvc", "stage", "list", "--name-only").split())
+    stages = all_stages(project)
     assert f"features@demo-default-{modality}" in stages and "graphs@demo-default" in stages
     other = "image" if modality == "text" else "text"
     assert f"features@demo-default-{other}" not in stages
     assert ("demo_encoder@demo-clip" in stages) == (modality == "image")
-    graph_deps = yaml.safe_load((project.path / "dvc.yaml").read_text())["stages"]["graphs"]["deps"]
+    graph_deps = dvc_stages(project.path)["graphs"]["deps"]
     assert "processed/${item.ds}/features/${item.set}" in graph_deps  # the set's folder, whatever it holds
     proc = subprocess.run(
         ["dvc", "status", "--json"], cwd=project.path, env=project.env, capture_output=True, text=True

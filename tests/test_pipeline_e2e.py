@@ -20,11 +20,11 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, tiny_params
+from tests.conftest import ROOT, address, stages_run, tiny_params
 
 PROJECT_FILES = [
-    "mmpipe", "stages", "models", "dvc.yaml", "params.yaml", "reports/published.yaml", "raw/encoders/README.md",
-    "pyproject.toml", ".dvcignore", ".gitignore",
+    "mmpipe", "stages", "models", "dvc.yaml", "pipelines", "params.yaml", "reports/published.yaml",
+    "raw/encoders/README.md", "pyproject.toml", ".dvcignore", ".gitignore",
 ]  # fmt: skip
 
 
@@ -60,7 +60,7 @@ class Project:
 
     def repro(self, *targets: str) -> set[str]:
         """Run `dvc repro [targets]`; return the names of the stages that ran."""
-        return set(re.findall(r"Running stage '([^']+)'", self.sh("dvc", "repro", *targets)))
+        return stages_run(self.sh("dvc", "repro", *(address(t, self.path) for t in targets)))
 
     def set_param(self, dotted: str, value) -> None:
         params = yaml.safe_load((self.path / "params.yaml").read_text())
@@ -108,8 +108,8 @@ def project(tmp_path_factory) -> Project:
 
 
 def all_stages(proj: Project) -> set[str]:
-    out = proj.sh("dvc", "stage", "list", "--name-only")
-    return set(out.split())
+    out = proj.sh("dvc", "stage", "list", "--recursive", ".", "--name-only")
+    return {name.rpartition("dvc.yaml:")[2] for name in out.split()}
 
 
 def test_full_repro_builds_every_output(project):

@@ -15,7 +15,7 @@ import re
 import pytest
 import yaml
 
-from tests.conftest import tiny_params
+from tests.conftest import stages_run, tiny_params
 from tests.test_pipeline_e2e import Project, all_stages, copy_project
 
 pytestmark = pytest.mark.dag
@@ -94,7 +94,7 @@ def test_push_pull_round_trip_into_a_fresh_clone(project, tmp_path):
 
 def test_exp_run_with_set_param_and_show(project):
     out = project.sh("dvc", "exp", "run", "-S", "train.lightgcn.n_layers=2")
-    assert set(re.findall(r"Running stage '([^']+)'", out)) == {
+    assert stages_run(out) == {
         "check", "train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"
     }  # fmt: skip
     rows = project.json("dvc", "exp", "show", "--json")

@@ -85,7 +85,7 @@ def test_sequences_are_leave_one_out_on_each_timeline(tmp_path, params, demo_pro
 
 def test_losses_and_gradients_reach_only_the_trainable_blocks(seq_project):
     model, seqs, cfg = build(seq_project)
-    inputs, targets = training_batch(seqs, np.arange(16), cfg.max_seq_len)
+    inputs, targets = map(torch.from_numpy, training_batch(seqs, np.arange(16), cfg.max_seq_len))
     losses = model(inputs, targets, torch.Generator().manual_seed(0))
     assert {"next_item", "nicl", "nid", "rcl", "total"} <= set(losses)
     assert all(torch.isfinite(v) and v.ndim == 0 for v in losses.values())
@@ -101,7 +101,7 @@ def test_losses_and_gradients_reach_only_the_trainable_blocks(seq_project):
 
 def test_each_loss_switches_off_at_weight_zero(seq_project):
     model, seqs, cfg = build(seq_project, nicl_weight=0.0, nid_weight=0.0, rcl_weight=0.0)
-    inputs, targets = training_batch(seqs, np.arange(8), cfg.max_seq_len)
+    inputs, targets = map(torch.from_numpy, training_batch(seqs, np.arange(8), cfg.max_seq_len))
     assert set(model(inputs, targets, torch.Generator().manual_seed(0))) == {"next_item", "total"}
     text_only, seqs, cfg = build(seq_project, item_tower="text")
     assert "nicl" not in text_only(inputs, targets, torch.Generator().manual_seed(0))  # needs both modalities

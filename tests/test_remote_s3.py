@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import tiny_params
+from tests.conftest import address, stages_run, tiny_params
 from tests.test_pipeline_e2e import Project, copy_project
 
 boto3 = pytest.importorskip("boto3", reason="installed with the project (dvc-s3)")
@@ -117,7 +117,7 @@ def clone(proj: Project, s3: S3, path: Path) -> Path:
 
 
 def ran(output: str) -> set[str]:
-    return {line.split("'")[1] for line in output.splitlines() if line.startswith("Running stage '")}
+    return stages_run(output)
 
 
 def cached_files(root: Path) -> dict[str, bytes]:
@@ -151,7 +151,8 @@ def test_pull_features_and_graphs_only_then_retrain(pushed, s3, tmp_path):
     work = clone(pushed, s3, tmp_path / "trainer")
     # the features stages depend on the whole raw/encoders folder: with the demo CLIP absent DVC would
     # count that folder modified (not missing) and re-extract, so the encoder comes along (a few MB)
-    pushed.sh("dvc", "pull", *FEATURES, "graphs@demo-default", "demo_encoder@demo-clip", cwd=work)
+    targets = (*FEATURES, "graphs@demo-default", "demo_encoder@demo-clip")
+    pushed.sh("dvc", "pull", *(address(t) for t in targets), cwd=work)
     assert not (work / "raw/demo").exists()
     stats_before = (work / "processed/demo/feature_stats/default-text.json").read_bytes()
     Project(work).set_param("train.freedom.reg_weight", 0.01)
@@ -171,7 +172,7 @@ def test_new_items_encode_only_themselves(pushed, s3, tmp_path):
     colleague = Project(work)
     colleague.set_param("kcore.item_min", 2)
     colleague.set_param("kcore.user_min", 2)
-    out = pushed.sh("dvc", "repro", *FEATURES, cwd=work)
+    out = pushed.sh("dvc", "repro", *(address(t) for t in FEATURES), cwd=work)
     assert {"ingest@demo", *FEATURES} <= ran(out) and "download@demo" not in ran(out)
     for modality in ("text", "image"):
         stats = json.loads((work / f"processed/demo/feature_stats/default-{modality}.json").read_text())
@@ -193,7 +194,7 @@ def test_run_cache_restores_stages_without_uncached_reports(pushed, s3, tmp_path
     encoder, training = "demo_encoder@demo-clip", "train_id@demo-lightgcn"
     pushed.set_param("demo_encoders.demo-clip.seed", 7)
     pushed.set_param("train.lightgcn.n_layers", 1)
-    assert {encoder, training} <= ran(pushed.sh("dvc", "repro", encoder, training))
+    assert {encoder, training} <= ran(pushed.sh("dvc", "repro", address(encoder), address(training)))
     weights = pushed.path / "raw/encoders/demo-clip/model.safetensors"
     seed7 = weights.read_bytes()
     pushed.sh("dvc", "push", "--run-cache")
@@ -208,8 +209,8 @@ def test_run_cache_restores_stages_without_uncached_reports(pushed, s3, tmp_path
     colleague.set_param("train.lightgcn.n_layers", 1)
     # --pull fetches the run cache and, for an entry that matches, its outputs (`dvc pull --run-cache`
     # alone brings the entries but not the outputs of runs that dvc.lock does not name)
-    out = pushed.sh("dvc", "repro", "--pull", encoder, training, cwd=work)
-    assert f"Stage '{encoder}' is cached - skipping run" in out and encoder not in ran(out)
+    out = pushed.sh("dvc", "repro", "--pull", address(encoder), address(training), cwd=work)
+    assert f"Stage '{address(encoder)}' is cached - skipping run" in out and encoder not in ran(out)
     assert training in ran(out)  # train.json is an uncached output that is neither metric nor plot
     assert (work / "raw/encoders/demo-clip/model.safetensors").read_bytes() == seed7  # restored, not re-drawn
 

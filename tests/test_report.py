@@ -32,7 +32,13 @@ def write_run(root, dataset, model, setting, recall, scores_cold=True, epochs=3,
 def test_report_tables_published_numbers_and_plots(tmp_path, params):
     runs = tmp_path / "runs"
     params["pipeline"].update(
-        datasets=["baby"], train_datasets=["baby"], id_models=["bpr"], feature_models=["vbpr"], graph_models=[]
+        datasets=["baby"],
+        train_datasets=["baby"],
+        id_models=["bpr"],
+        feature_models=["vbpr"],
+        graph_models=[],
+        cold_feature_models=["vbpr"],
+        cold_graph_models=[],
     )
     params["datasets"] = {"baby": {"source": "mmrec", "published": "mmrec-baby"}}
     write_run(runs, "baby", "bpr", "warm", 1.0, scores_cold=False, feature_set=None)

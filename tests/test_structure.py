@@ -29,13 +29,14 @@ from stages import check
 from stages.common import pipeline
 from stages.common.pipeline import MODEL_LISTS
 from tests import code_deps
-from tests.conftest import ROOT
+from tests.conftest import ROOT, dvc_files, dvc_stages
 
 CODE_ROOTS = ("mmpipe", "models", "stages")
 
 
 def load_dvc_yaml() -> dict[str, Any]:
-    return yaml.safe_load((ROOT / "dvc.yaml").read_text())
+    """Every stage of the DAG's dvc.yaml files, as one dvc.yaml would hold them."""
+    return {"stages": dvc_stages()}
 
 
 def load_params() -> dict[str, Any]:
@@ -219,3 +220,14 @@ def test_models_never_import_stages():
         if re.search(r"^\s*(from|import) stages\b", text, re.MULTILINE):
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_family_files_run_from_the_root_and_read_its_params():
+    """Each family's dvc.yaml interpolates the root params.yaml and runs its stages from the root, so its
+    commands, paths and params keys mean the same as in the root dvc.yaml."""
+    for path in dvc_files()[1:]:
+        doc = yaml.safe_load(path.read_text())
+        assert doc.get("vars") == ["../../params.yaml"], path
+        for name, stage in doc["stages"].items():
+            assert stage_body(stage).get("wdir") == "../..", f"{path}: {name} has no wdir: ../.."
+    assert len(dvc_files()) == 5

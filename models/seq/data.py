@@ -19,7 +19,6 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
-import torch
 
 from mmpipe.io import read_parquet
 from mmpipe.paths import DatasetDir
@@ -133,17 +132,17 @@ def load_sequences(dataset_dir: Path | DatasetDir, max_seq_len: int) -> Sequence
     return build_sequences(table, n_items, max_seq_len)
 
 
-def left_pad(seqs: list[np.ndarray], length: int) -> torch.Tensor:
+def left_pad(seqs: list[np.ndarray], length: int) -> np.ndarray:
     """[len(seqs), length] of item_idx + 1, left-padded with PAD (the last item in the last column)."""
     out = np.zeros((len(seqs), length), dtype=np.int64)
     for i, seq in enumerate(seqs):
         seq = seq[-length:]
         if len(seq):
             out[i, length - len(seq) :] = seq + 1
-    return torch.from_numpy(out)
+    return out
 
 
-def training_batch(seqs: Sequences, users: np.ndarray, max_seq_len: int) -> tuple[torch.Tensor, torch.Tensor]:
+def training_batch(seqs: Sequences, users: np.ndarray, max_seq_len: int) -> tuple[np.ndarray, np.ndarray]:
     """(inputs, targets), each [B, max_seq_len] of item_idx + 1: position j of the inputs predicts
     position j of the targets (the next item); PAD where a user's sequence is shorter."""
     full = left_pad([seqs.train[u] for u in users], max_seq_len + 1)

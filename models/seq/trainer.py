@@ -67,7 +67,7 @@ def rank_users(model: nn.Module, seqs: Sequences, stage: str, ks: list[int], bat
     was_training = module.training
     module.eval()
     histories = left_pad([seqs.history(u, stage, module.max_seq_len) for u in range(len(seqs))], module.max_seq_len)
-    histories = histories.to(module.device)
+    histories = torch.from_numpy(histories).to(module.device)
     item_table = module.all_item_embeddings()
     mask, truth = seqs.eval_matrices(stage, module.max_seq_len)
     with torch.no_grad():
@@ -134,7 +134,7 @@ def fit_sequential(
             users = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             if len(users) < 2:  # in-batch negatives and RCL need at least two sequences
                 continue
-            inputs, targets = (t.to(device) for t in training_batch(seqs, users, cfg.max_seq_len))
+            inputs, targets = (torch.from_numpy(t).to(device) for t in training_batch(seqs, users, cfg.max_seq_len))
             with autocast(device, cfg.precision):
                 losses = model(inputs, targets, generator)
             loss = losses["total"]

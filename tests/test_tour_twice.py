@@ -1,0 +1,58 @@
+"""Slow: the default DAG (the tour) through `dvc repro`, twice from scratch (`make test-slow`, in CI).
+
+Checks the tour's sizes, that its models learn the demo's planted structure (well above popularity and
+chance), and that two independent runs produce byte-identical data, graphs, splits and checkpoints.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.test_pipeline_e2e import copy_project
+
+pytestmark = pytest.mark.slow
+
+DETERMINISTIC = [
+    "raw/demo/MANIFEST.json",
+    "processed/demo/interactions.parquet",
+    "processed/demo/items.parquet",
+    "processed/demo/users.parquet",
+    "processed/demo/images.lmdb",
+    "processed/demo/coldstart.parquet",
+    "processed/demo/graphs/default/warm/user_co.npz",
+    "processed/demo/graphs/default/warm/item_co.npz",
+    "processed/demo/graphs/default/cold/user_co.npz",
+    "processed/demo/graphs/default/knn/image.npz",
+    "processed/demo/graphs/default/knn/text.npz",
+    "processed/demo/features/default/text.parquet",
+    "processed/demo/features/default/image.parquet",
+    *(f"runs/demo/{run}/model.pt" for run in ("lightgcn/warm", "vbpr/default/warm", "rearm/default/warm")),
+    "runs/pretrain/pmmrec/model.pt",
+]
+
+
+def metric(root, run: str, key: str = "recall@20") -> float:
+    return json.loads((root / f"runs/{run}/metrics.json").read_text())["test"][key]
+
+
+def test_the_tour_twice(tmp_path):
+    a, b = copy_project(tmp_path / "a"), copy_project(tmp_path / "b")
+    assert a.repro() and b.repro()
+    stats = json.loads((a.path / "processed/demo/ingest_stats.json").read_text())
+    assert 900 <= stats["users"] <= 1200 and 450 <= stats["items"] <= 600
+    for rel in DETERMINISTIC:
+        assert (a.path / rel).read_bytes() == (b.path / rel).read_bytes(), rel
+    root = a.path
+    pop = metric(root, "demo/pop/warm")
+    assert pop > 2 * 20 / stats["items"]  # the demo's popularity is heavy-tailed: Pop beats chance
+    assert metric(root, "demo/lightgcn/warm") > 2 * pop
+    for run in ("vbpr/default", "freedom/default", "micro/default", "rearm/default", "vbpr/clip_ft"):
+        assert metric(root, f"demo/{run}/warm") > 1.3 * pop, run
+    # cold items are ranked among all items (training items masked), so chance is about 20 / items
+    assert metric(root, "demo/micro/default/cold") > 3 * 20 / stats["items"]
+    target_items = json.loads((root / "runs/demo_b/pmmrec/full/evaluation.json").read_text())["items"]
+    for variant in ("sasrec", "scratch", "full"):
+        assert metric(root, f"demo_b/pmmrec/{variant}", "hr@10") > 1.5 * 10 / target_items, variant
+    assert a.repro() == set()
