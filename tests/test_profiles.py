@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 import sys
 
@@ -72,3 +74,15 @@ def test_the_command_names_the_profiles_it_knows(tmp_path):
     proc = subprocess.run([sys.executable, "-m", "profiles.apply", "ful"], cwd=tmp_path, capture_output=True,
                           text=True, env={"PYTHONPATH": str(ROOT)})  # fmt: skip
     assert proc.returncode == 2 and "profiles: full" in proc.stderr
+
+
+def test_a_stage_records_its_start_up_and_work_when_asked(tmp_path):
+    """MMPIPE_STAGE_TIMES: what bench.pipeline_timing splits a stage's wall time with."""
+    times = tmp_path / "times.jsonl"
+    env = {**os.environ, "MMPIPE_STAGE_TIMES": str(times)}
+    for _ in range(2):
+        subprocess.run([sys.executable, "-m", "stages.check"], cwd=ROOT, env=env, check=True, capture_output=True)
+    rows = [json.loads(line) for line in times.read_text().splitlines()]
+    assert len(rows) == 2 and all(row["argv"][0].endswith("stages/check.py") for row in rows)
+    # Python and torch's import take a good part of a second; the check itself a few hundredths
+    assert all(0.2 < row["startup_s"] < 30 and 0 < row["work_s"] < row["startup_s"] for row in rows)
