@@ -72,7 +72,10 @@ def _describe(tp: Any) -> str:
     if origin is Literal:
         return "one of " + ", ".join(repr(c) for c in get_args(tp))
     if origin in (list, tuple):
-        return f"a list of {_describe(get_args(tp)[0])}s"
+        item = _describe(get_args(tp)[0])
+        if item.startswith(("a ", "an ")):  # "an integer" -> "a list (of integers)"
+            return f"a list (of {item.split(' ', 1)[1]}s)"
+        return f"a list ({item})"
     if origin in (dict, Mapping) or tp is dict:
         return "a mapping"
     if origin in (typing.Union, types.UnionType):
@@ -155,6 +158,11 @@ def coerce(value: Any, tp: Any, where: str) -> Any:
 
 
 def _check_bounds(value: Any, meta: Mapping[str, Any], where: str) -> None:
+    """A field's ge/gt/le/lt bounds; on a list, on each of its numbers (e.g. cut-offs >= 1)."""
+    if isinstance(value, tuple):
+        for i, item in enumerate(value):
+            _check_bounds(item, meta, f"{where}[{i}]")
+        return
     if not isinstance(value, int | float) or isinstance(value, bool):
         return
     for key, ok, text in (

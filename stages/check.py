@@ -10,7 +10,8 @@ first; it checks, with messages naming the key, the value and what is allowed:
 * every enabled dataset's `datasets.<ds>` block, every encoder block, every listed model's
   `train.<model>` block (unknown keys, types, ranges) and the training protocol per dataset;
 * that a model asking for a modality (`train.<model>.modalities`) gets one the pipeline has;
-* the `finetune` block (its stage runs for every train dataset) and `train.e2e` when e2e_models run;
+* the `finetune` block (its stage runs for every train dataset), `train.e2e` (with its `trainer:`
+  changes) when e2e_models run, and the `evaluate` block;
 * PMMRec's blocks (`train.pmmrec`, `seq.train`, `seq.pretrain`, every listed `seq.variants.<v>`) when
   pre-training or transfer is enabled;
 * that `pipeline.demo_encoders` lists exactly the demo models (raw/encoders/<name>) that enabled
@@ -30,6 +31,7 @@ from mmpipe.config import ParamsError
 from mmpipe.io import write_text
 from mmpipe.log import get_logger
 from mmpipe.paths import ENCODERS, PROCESSED
+from models.core.evaluator import EvaluateConfig
 from models.core.registry import get_model, model_config, model_names
 from models.core.trainer import TrainConfig
 from stages import features, finetune_encoder
@@ -45,7 +47,7 @@ CONTENT = "params.yaml passed `python -m stages.check`\n"
 
 
 def param_keys() -> list[str]:
-    return ["pipeline", "datasets", "features", "train", "demo_encoders", "seq", "finetune"]
+    return ["pipeline", "datasets", "features", "train", "demo_encoders", "seq", "finetune", "evaluate"]
 
 
 def demo_models_used(blocks: list[Any], demo_names: set[str]) -> set[str]:
@@ -122,11 +124,12 @@ def check_models(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> int:
                     f"params.yaml: train.{name}.modalities asks for {', '.join(missing)}, which pipeline.modalities "
                     f"({', '.join(cfg.modalities)}) does not have"
                 )
+            # the end-to-end runs add train.e2e.trainer on top, as the train stage does
+            e2e_trainer = [(train.get("e2e") or {}).get("trainer")] if group == "e2e" else []
             for dataset in cfg.datasets:
                 per_dataset = (train.get("datasets") or {}).get(dataset)
-                TrainConfig.from_params(
-                    train.get("common"), per_dataset, trainer, where=f"train (for {dataset}/{name})"
-                )
+                where = f"train (for {dataset}/{name}{', end to end' if e2e_trainer else ''})"
+                TrainConfig.from_params(train.get("common"), per_dataset, trainer, *e2e_trainer, where=where)
             checked += 1
     return checked
 
@@ -142,6 +145,7 @@ def run(params: dict[str, Any], out: Path = OUT) -> Path:
             features.read_config(params, feature_set, modality)
             encoders += 1
     models = check_models(cfg, params)
+    EvaluateConfig.parse(params.get("evaluate"), "evaluate")
     if cfg.train_datasets:
         finetune_encoder.read_config(params)
     if cfg.e2e_models:

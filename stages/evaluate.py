@@ -15,19 +15,17 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from mmpipe.config import Config, ParamsError, param
 from mmpipe.io import read_json, write_json, write_parquet
 from mmpipe.log import get_logger
 from mmpipe.paths import PROCESSED, RUNS
 from mmpipe.threads import use_threads
-from models.core.evaluator import evaluate
+from models.core.evaluator import EvaluateConfig, evaluate
 from stages.common.params import declared, run_stage
 from stages.train import E2E, E2E_KEYS, FLAGS, OPTIONAL_FLAGS, build_model, load_checkpoint, load_data, run_spec
 
@@ -39,18 +37,6 @@ HEADLINE = ("recall@20", "ndcg@20")  # the metrics published tables give; always
 def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
     keys = ["evaluate", "train.num_threads", "train.device"]
     return keys + (E2E_KEYS if group == E2E else []) + (["pipeline.modalities"] if group != "id" else [])
-
-
-@dataclass(frozen=True)
-class EvaluateConfig(Config):
-    """`evaluate`: the cut-offs of the test metrics and how many users are ranked at once."""
-
-    topk: tuple[int, ...] = param([5, 10, 20, 50], doc="cut-offs K of Recall/NDCG/Precision/MAP@K")
-    batch_users: int = param(2048, ge=1, doc="users scored per batch (memory: batch x items floats)")
-
-    def check(self, where: str) -> None:
-        if not self.topk or min(self.topk) < 1:
-            raise ParamsError(f"params.yaml: {where}.topk = {list(self.topk)}: expected positive cut-offs")
 
 
 def headline(test: dict[str, float], valid: dict[str, float]) -> dict[str, dict[str, float]]:

@@ -124,6 +124,9 @@ def tiny_params() -> dict[str, Any]:
     params["train"]["e2e"].update(encoder_batch_size=64, trainer={"epochs": 2, "patience": 2})
     params["train"]["common"].update(epochs=3, patience=2, batch_size=256)
     params["train"]["datasets"] = {"demo": {}}  # train.common above, not the demo's budget
+    # the fair share: two test workers each running a stage get one thread each
+    params["train"]["num_threads"] = 0
+    params["finetune"]["num_threads"] = 0
     return params
 
 

@@ -200,6 +200,16 @@ def test_model_group_check_catches_a_misplaced_model_and_a_wrong_list():
         ("pipeline.pretrain_models", ["sasrec"], r"pretrain_models lists sasrec; the pre-trained models are pmmrec"),
         ("pipeline.pretrain_sources", [], r"pretrain_models and pretrain_sources go together"),
         ("pipeline.pretrain_sources", ["demo", "dmeo"], r"dmeo must also be in pipeline.datasets"),
+        # values that used to pass check and change results or fail late
+        ("seq.train.ks", [0, 10], r"seq.train \(\+ seq.pretrain\).ks\[0\] = 0: must be >= 1"),
+        ("seq.train.ks", [-5, 10], r"ks\[0\] = -5: must be >= 1"),
+        ("evaluate.topk", [0, 10], r"evaluate.topk\[0\] = 0: must be >= 1"),
+        ("train.common.valid_ks", [0, 20], r"valid_ks\[0\] = 0: must be >= 1"),
+        ("train.e2e.normalize", ["txt"], r"train.e2e.normalize\[0\] = 'txt': expected one of 'text', 'image'"),
+        ("train.e2e.normalize", ["audio"], r"normalize\[0\] = 'audio': expected one of 'text', 'image'"),
+        ("train.e2e.trainer", {"epochs": -5}, r"train \(for demo/vbpr, end to end\).epochs = -5: must be >= 1"),
+        # DVC itself fails on these with "'Value' object is not iterable"; `make check` runs this first
+        ("pipeline.transfer_targets", "demo_b", r"transfer_targets = 'demo_b': expected a list \(of strings\)"),
     ],
 )  # fmt: skip
 def test_check_stage_names_the_key_and_what_is_allowed(key, value, message):

@@ -24,6 +24,7 @@ design, not a limitation of this wrapper.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Literal
 
 import numpy as np
 import scipy.sparse as sp
@@ -37,6 +38,8 @@ from models.core.dual_encoder import ItemInputs, image_features, text_features
 from models.core.graph import knn_tensor
 
 MMREC_TEMPLATE = "{title} {brand} {categories} {description}"
+# The modalities an end-to-end encoder produces (its `normalize` may name only these).
+Modality = Literal["text", "image"]
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,7 @@ class EndToEndConfig(Config):
     encoder_lr: float = param(1e-5, gt=0, doc="learning rate of the encoder (the recommender keeps its own)")
     encoder_batch_size: int = param(512, ge=1, doc="items encoded with gradients per step, at most")
     gradient_checkpointing: bool = param(False, doc="recompute block activations in backward: less memory")
-    normalize: tuple[str, ...] = param([], doc="modalities whose features are L2-normalised")
+    normalize: tuple[Modality, ...] = param([], doc="modalities whose features are L2-normalised")
     max_tokens: int = param(77, ge=1)
     template: str = param(MMREC_TEMPLATE, doc="item fields in braces, as the features stage")
     workers: int = param(2, ge=1, doc="threads decoding item images (once, before training)")

@@ -19,7 +19,21 @@ import numpy as np
 import scipy.sparse as sp
 import torch
 
+from mmpipe.config import Config, ParamsError, param
+
 METRICS = ("recall", "ndcg", "precision", "map")
+
+
+@dataclass(frozen=True)
+class EvaluateConfig(Config):
+    """`evaluate`: the cut-offs of the test metrics and how many users are ranked at once."""
+
+    topk: tuple[int, ...] = param([5, 10, 20, 50], ge=1, doc="cut-offs K of Recall/NDCG/Precision/MAP@K")
+    batch_users: int = param(2048, ge=1, doc="users scored per batch (memory: batch x items floats)")
+
+    def check(self, where: str) -> None:
+        if not self.topk:
+            raise ParamsError(f"params.yaml: {where}.topk = []: expected at least one cut-off")
 
 
 def metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]) -> dict[str, float]:

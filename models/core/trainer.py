@@ -49,7 +49,7 @@ class TrainConfig(Config):
     lr: float = param(1e-3, gt=0)
     eval_every: int = param(1, ge=1)
     valid_metric: str = param("recall@20")
-    valid_ks: tuple[int, ...] = param([10, 20])
+    valid_ks: tuple[int, ...] = param([10, 20], ge=1)
     eval_batch_users: int = param(2048, ge=1)
     precision: Literal["float32", "bfloat16"] = param(
         "float32", doc="bfloat16: mixed precision on a GPU (autocast); the CPU always computes in float32"
@@ -62,8 +62,6 @@ class TrainConfig(Config):
                 f"params.yaml: {where}.valid_metric = {self.valid_metric!r}: expected <metric>@<k> with metric one "
                 f"of {', '.join(METRICS)}"
             )
-        if any(v < 1 for v in self.valid_ks):
-            raise ParamsError(f"params.yaml: {where}.valid_ks = {list(self.valid_ks)}: cut-offs must be >= 1")
 
     @property
     def ks(self) -> list[int]:

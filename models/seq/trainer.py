@@ -44,7 +44,7 @@ class SeqTrainConfig(Config):
     encoder_lr: float = param(1e-4, gt=0, doc="the trainable blocks of the pre-trained encoders")
     weight_decay: float = param(0.1, ge=0, doc="AdamW, all but the pre-trained encoders (PMMRec: 0.1)")
     valid_metric: str = param("hr@10", doc="hr@K or ndcg@K (PMMRec: HR@10)")
-    ks: tuple[int, ...] = param([5, 10, 20, 50])
+    ks: tuple[int, ...] = param([5, 10, 20, 50], ge=1, doc="cut-offs of HR/NDCG@K")
     eval_batch_users: int = param(256, ge=1)
     precision: Literal["float32", "bfloat16"] = param("float32", doc="bfloat16: autocast on a GPU")
 
