@@ -24,6 +24,13 @@ class ModelUnavailable(UserError, RuntimeError):
 
 def offline_hint(key: str, ref: str) -> str:
     """The message for a model that could not be loaded: what to download, and which param to set."""
+    local = Path(ref).parts
+    if len(local) == 3 and local[:2] == ("raw", "encoders"):  # a folder the DAG builds or DVC tracks
+        return (
+            f"{key} = '{ref}': the folder is missing or incomplete. If it is a demo encoder, build or fetch it "
+            f"with `dvc repro pipelines/data/dvc.yaml:demo_encoder@{local[2]}` (or `dvc pull` of that stage); "
+            f"if it holds real weights, copy them there (see raw/encoders/README.md)."
+        )
     return (
         f"{key} = '{ref}': not a local directory, and it could not be loaded from the Hugging Face hub "
         f"(no network here, or features.allow_download is false). On a machine with internet run "

@@ -30,9 +30,39 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def temp_prefix(name: str) -> str:
+    """`.<name>.<pid>.`: a temporary sibling names the process that writes it, so that a later run can tell
+    the leftovers of a killed one (`remove_stale_temps`) from the work of one still running."""
+    return f".{name}.{os.getpid()}."
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process
+        return True
+    return True
+
+
+def remove_stale_temps(folder: Path, name: str) -> int:
+    """Remove the temporary siblings of `name` in `folder` (`.<name>.<pid>.*.tmp*` / `.old`) whose process
+    is gone (a SIGKILL or a power cut skips every cleanup); return how many."""
+    removed = 0
+    for path in folder.glob(f".{name}.*") if folder.is_dir() else ():
+        pid, _, rest = path.name[len(name) + 2 :].partition(".")
+        if not pid.isdigit() or not (".tmp" in rest or rest.endswith(".old")) or _pid_alive(int(pid)):
+            continue
+        shutil.rmtree(path) if path.is_dir() else path.unlink()
+        removed += 1
+    return removed
+
+
 def _tmp_sibling(target: Path, suffix: str = "") -> Path:
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=f".tmp{suffix}", dir=target.parent)
+    remove_stale_temps(target.parent, target.name)
+    fd, name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
     return Path(name)
@@ -56,12 +86,13 @@ def atomic_dir(target: str | Path) -> Iterator[Path]:
     """Yield a fresh temporary directory; on success it replaces `target` as a whole."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
+    remove_stale_temps(target.parent, target.name)
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".tmp", dir=target.parent))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
         if target.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".old", dir=target.parent))
+            old = Path(tempfile.mkdtemp(prefix=temp_prefix(target.name), suffix=".old", dir=target.parent))
             os.replace(target, old / "x")
             os.replace(tmp, target)
             shutil.rmtree(old)

@@ -24,7 +24,19 @@ def open_readonly(path: str | Path) -> lmdb.Environment:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: LMDB store not found (run the stage that writes it first)")
-    return lmdb.open(str(path), subdir=False, readonly=True, lock=False, map_size=_MAP_SIZE)
+    return open_lmdb(path, subdir=False, map_size=_MAP_SIZE)
+
+
+def open_lmdb(path: Path, subdir: bool, **options: object) -> lmdb.Environment:
+    """Open an LMDB read-only without a lock file; a damaged file is an error naming it and the repair,
+    not LMDB's bare "MDB_INVALID"."""
+    try:
+        return lmdb.open(str(path), subdir=subdir, readonly=True, lock=False, **options)
+    except lmdb.Error as exc:
+        raise ValueError(
+            f"{path}: not a readable LMDB store ({type(exc).__name__}: {exc}); it is damaged or not LMDB: "
+            f"rebuild it with the stage that writes it (`dvc repro` after deleting it, or `dvc pull` it again)"
+        ) from None
 
 
 @contextlib.contextmanager

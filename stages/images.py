@@ -78,6 +78,16 @@ def find_image(images_dir: Path, item_id: str) -> Path | None:
     return None
 
 
+def on_white(img: Image.Image) -> Image.Image:
+    """RGB; an image with transparency (RGBA, LA, a palette's transparent colour) composited on white, as
+    a product page shows it: `convert("RGB")` alone keeps whatever colour lies under the alpha."""
+    if img.mode in ("RGBA", "LA") or (img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
 def reencode(data: bytes, size: int, quality: int, max_pixels: int = 60_000_000) -> bytes:
     """Decode (reduced for large JPEGs; truncated files fail here), convert to RGB, shrink, encode as JPEG."""
     with Image.open(io.BytesIO(data)) as img:
@@ -87,7 +97,7 @@ def reencode(data: bytes, size: int, quality: int, max_pixels: int = 60_000_000)
         if width * height > max_pixels:
             raise TooLarge(f"{width}x{height} pixels exceed images.max_pixels = {max_pixels}")
         img.load()
-        rgb = img.convert("RGB")
+        rgb = on_white(img)
     rgb.thumbnail((size, size), Image.Resampling.BICUBIC)
     out = io.BytesIO()
     rgb.save(out, format="JPEG", quality=quality, optimize=False)

@@ -51,7 +51,7 @@ import pyarrow.compute as pc
 
 from mmpipe import schemas
 from mmpipe.config import Config, ParamsError, param
-from mmpipe.io import atomic_dir, read_json, write_json, write_parquet
+from mmpipe.io import atomic_dir, read_json, remove_stale_temps, temp_prefix, write_json, write_parquet
 from mmpipe.log import get_logger
 from mmpipe.paths import MANIFEST, PROCESSED, RAW, DatasetDir
 from mmpipe.schemas import ITEM_FIELDS, write_features
@@ -251,6 +251,21 @@ def read_all_meta(
         log.info(
             "%s (%s): %d lines, %d wanted records, %d malformed in %.1f s",
             path.name, fmt, lines, yielded, bad.count, time.perf_counter() - start,
+        )  # fmt: skip
+    if not meta and any(b.count for b in bads):
+        # every line malformed (a wrong encoding, a wrong format): every item would silently lose its text
+        names = ", ".join(str(path) for path, _ in files)
+        reasons = "; ".join(f"{b.file}: {b.first_reasons()}" for b in bads if b.count)
+        raise ValueError(
+            f"{names}: no usable meta record ({sum(s['lines'] for s in summaries)} lines, "
+            f"{sum(b.count for b in bads)} malformed; first: {reasons}); check the file's encoding (UTF-8) "
+            f"and format (the `format` of its entry in MANIFEST.json)"
+        )
+    missing = sorted(wanted - meta.keys())
+    if files and missing:  # e.g. ids of a Bilibili users file that its texts file lacks
+        log.warning(
+            "%s: %d of the %d kept items have no record (first: %s): they are kept without title or image URL",
+            ", ".join(path.name for path, _ in files), len(missing), len(wanted), ", ".join(missing[:5]),
         )  # fmt: skip
     return meta, bads, summaries
 
@@ -482,7 +497,8 @@ def write_outputs(ds: DatasetDir, tables: dict[str, pa.Table], shipped: dict[str
         tables[ds.users.name]["user_id"].to_pylist(),
     )
     stats["ingest_id"] = run_id
-    tmp = Path(tempfile.mkdtemp(prefix=".ingest.", suffix=".tmp", dir=ds.root))
+    remove_stale_temps(ds.root, "ingest")  # what a killed ingest left
+    tmp = Path(tempfile.mkdtemp(prefix=temp_prefix("ingest"), suffix=".tmp", dir=ds.root))
     try:
         for name, table in tables.items():
             write_parquet(tmp / name, table.combine_chunks(), {schemas.INGEST_ID: run_id})

@@ -320,14 +320,16 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
                 for r in recs
             ]  # fmt: skip
             if setting == "cold":
-                skipped = [
+                # each model once, though it may have several warm runs (feature sets, LMM4Rec's paradigms)
+                skipped = dict.fromkeys(
                     r["model"]
                     for r in records
                     if r["dataset"] == dataset and r["setting"] == "warm" and not r.get("scores_cold_items", False)
-                ]
+                )
                 if skipped:
                     md += [
-                        f"Not evaluated on cold-start items (ID-only, cannot rank unseen items): {', '.join(skipped)}.",
+                        f"Not evaluated on cold-start items (they cannot rank items unseen in training): "
+                        f"{', '.join(skipped)}.",
                         "",
                     ]
             plot = f"plots/{dataset}_{setting}_valid_{valid_metric.replace('@', '_at_')}.png"

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +16,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from mmpipe.io import read_json, sha256_file
+from mmpipe.io import read_json, sha256_file, write_bytes
 from stages import download, ingest
 from stages.common.params import ParamsError
 from stages.sources import records, splits
@@ -275,3 +278,45 @@ def test_outputs_of_different_ingest_runs_are_never_paired(tmp_path, params):
     # files without an id (written by hand, or by an older version) are not held to it
     write_parquet(mixed / "interactions.parquet", read_parquet(tmp_path / "a/x/interactions.parquet"))
     assert load_split(mixed, "warm").n_users == 5
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "malformed"])
+def test_a_meta_file_without_one_usable_line_is_an_error(tmp_path, params, encoding):
+    """Every item would silently lose its text: the meta side stops as the reviews side does."""
+    meta = [json.dumps({"asin": f"I{i:02d}", "title": f"item {i}"}) for i in range(5)]
+    write_raw(tmp_path / "raw/x", full_grid_reviews(5, 5), [])
+    if encoding == "utf-16":
+        data = ("\n".join(meta) + "\n").encode("utf-16")
+    else:
+        data = ("\n".join("{broken " + line for line in meta) + "\n").encode("utf-8")
+    (tmp_path / "raw/x/meta.json.gz").write_bytes(gzip.compress(data))
+    with pytest.raises(ValueError, match=r"meta.json.gz: no usable meta record \(\d+ lines?, \d+ malformed; first: "):
+        ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    assert not (tmp_path / "out/x/items.parquet").exists()
+
+
+def test_kept_items_without_a_meta_record_are_named_in_a_warning(tmp_path, params, caplog):
+    meta = [json.dumps({"asin": f"I{i:02d}", "title": f"item {i}"}) for i in range(3)]  # I03, I04 have none
+    write_raw(tmp_path / "raw/x", full_grid_reviews(5, 5), meta)
+    with caplog.at_level("WARNING", logger="mmpipe.ingest"):
+        stats = ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    assert stats["items_missing"]["meta"] == 2
+    assert "meta.json.gz: 2 of the 5 kept items have no record (first: I03, I04)" in caplog.text
+
+
+def test_what_a_killed_ingest_left_is_removed_by_the_next_run(tmp_path, params):
+    """SIGKILL skips every `finally`: the next run removes temporaries of processes that no longer run."""
+    write_raw(tmp_path / "raw/x", full_grid_reviews(5, 5), [])
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    pid = int(dead.stdout)  # a process that has ended
+    out = tmp_path / "out/x"
+    stale = [out / f".ingest.{pid}.abc.tmp", out / f".items.parquet.{pid}.def.tmp", out / f".shipped.{pid}.g.old"]
+    for path in stale:
+        (path / "part").mkdir(parents=True)
+    live = out / f".ingest.{os.getpid()}.mine.tmp"  # a run still going (this process): kept
+    live.mkdir()
+    ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
+    # ingest's own folder and shipped/ (written with atomic_dir) are cleared; the live run's is kept
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith(".")) == [live.name, stale[1].name]
+    write_bytes(out / "items.parquet", b"x")  # any atomic write of items.parquet clears its leftovers
+    assert not stale[1].exists() and live.exists()

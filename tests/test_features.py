@@ -265,3 +265,12 @@ def test_interrupted_encoding_resumes_from_the_journal(params, project, tmp_path
     cache = "demo/feature_cache/sbert-text.lmdb"
     assert (project / cache).read_bytes() == (reference / cache).read_bytes()
     assert not journal.exists()
+
+
+def test_a_missing_model_gets_the_repair_for_where_it_should_come_from():
+    from mmpipe.hf import offline_hint
+
+    demo = offline_hint("train.pmmrec.text_model", "raw/encoders/demo-xlmr")
+    assert "dvc repro pipelines/data/dvc.yaml:demo_encoder@demo-xlmr" in demo and "huggingface-cli" not in demo
+    hub = offline_hint("features.xlmr.text.model", "xlm-roberta-base")
+    assert "huggingface-cli download xlm-roberta-base" in hub and "set features.xlmr.text.model" in hub

@@ -6,6 +6,7 @@ import io
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from PIL import Image
 
 from mmpipe import lmdb_store
@@ -88,3 +89,30 @@ def test_image_over_the_pixel_limit_is_skipped_and_counted(tmp_path, params):
     params["images"].update(size=64, max_pixels=1_000_000)
     report = images.run("x", params, tmp_path / "raw", tmp_path / "processed")
     assert (report["stored"], report["too_large"], report["too_large_items"]) == (1, 1, ["P"])
+
+
+def test_transparent_images_are_composited_on_white():
+    """A fully transparent red PNG is white on a product page, not solid red; half transparency blends."""
+
+    def png(mode: str, colour: tuple) -> bytes:
+        out = io.BytesIO()
+        Image.new(mode, (32, 32), colour).save(out, format="PNG")
+        return out.getvalue()
+
+    def centre(data: bytes) -> tuple:
+        with Image.open(io.BytesIO(images.reencode(data, size=32, quality=95))) as img:
+            return img.convert("RGB").getpixel((16, 16))
+
+    assert all(c >= 250 for c in centre(png("RGBA", (255, 0, 0, 0))))  # was (254, 0, 0)
+    r, g, b = centre(png("RGBA", (255, 0, 0, 128)))
+    assert r >= 250 and 120 <= g <= 135 and 120 <= b <= 135  # half red over white
+    r, g, b = centre(png("RGB", (255, 0, 0)))
+    assert r >= 250 and g <= 5 and b <= 5  # opaque images are unchanged
+
+
+def test_a_damaged_lmdb_store_names_the_file_and_the_repair(tmp_path):
+    store = tmp_path / "images.lmdb"
+    lmdb_store.write_store(store, [(b"I1", b"jpeg bytes")])
+    store.write_bytes(b"not an lmdb file at all" * 300)
+    with pytest.raises(ValueError, match=r"images.lmdb: not a readable LMDB store \(\w+: .*\); it is damaged"):
+        lmdb_store.count(store)

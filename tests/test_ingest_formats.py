@@ -133,6 +133,16 @@ def test_amazon2018_and_2023_reviews(tmp_path):
     assert bad.lines == [{"line": 2, "reason": "missing field 'parent_asin'"}]
 
 
+def test_amazon2023_timestamps_in_seconds_are_read_as_seconds_with_a_warning(tmp_path, caplog):
+    """The format gives milliseconds; a file in seconds divided by 1000 would date every review in 1970."""
+    r23 = [json.dumps({"rating": 5, "parent_asin": f"P{i}", "user_id": "U1", "timestamp": 1588687728 + i})
+           for i in range(3)]  # fmt: skip
+    with caplog.at_level("WARNING", logger="mmpipe.ingest"):
+        rows, bad, _ = reviews_of(write(tmp_path / "r23s.jsonl", r23), "amazon2023-reviews")
+    assert [r[3] for r in rows] == [1588687728, 1588687729, 1588687730] and bad.count == 0
+    assert "r23s.jsonl: timestamps look like seconds (median 1588687729" in caplog.text
+
+
 def test_non_utf8_bytes_are_replaced_not_fatal(tmp_path):
     data = (r14("U1", "I1", 1) + "\n").encode() + b'{"reviewerID": "U\xff2", "asin": "I1", "unixReviewTime": 2}\n'
     data += b'{"reviewerID": "U3", "asin": "I1", "unixReviewTime": 3, "reviewText": "caf\xe9"}\n'

@@ -254,3 +254,22 @@ def test_a_transfer_run_is_byte_identical_whatever_ran_before(seq_project, tmp_p
         torch.rand(7)
     a, b = (tmp_path / name / "demo/pmmrec/scratch/model.pt" for name in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()
+
+
+def test_an_image_tower_without_one_image_is_refused(seq_project, tmp_path):
+    """Every item without an image: the modal tower would train on blank pixels; the features stage refuses
+    the same case, and so does PMMRec's data preparation, naming the store and what to do."""
+    from mmpipe.lmdb_store import write_store
+
+    root, params = seq_project
+    shutil.copytree(root / "processed/demo", tmp_path / "demo")
+    (tmp_path / "demo/images.lmdb").unlink()
+    write_store(tmp_path / "demo/images.lmdb", [])
+    hp = sequential.model_hparams(params, {})
+    with pytest.raises(
+        ValueError, match=r"images.lmdb: none of the \d+ items of demo has an image, and PMMRec's 'modal'"
+    ):
+        sequential.load_dataset(DatasetDir(tmp_path / "demo"), hp, 6, False)
+    text_only = sequential.model_hparams(params, {"item_tower": "text"})
+    seqs, _, info = sequential.load_dataset(DatasetDir(tmp_path / "demo"), text_only, 6, False)
+    assert len(seqs) > 0 and "items_without_image" not in info

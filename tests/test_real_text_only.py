@@ -29,10 +29,13 @@ def test_real_2018_categories_run_end_to_end_as_text_only_datasets(tmp_path):
         for name, (folder, cat) in SOURCES.items()
     }
     params["images"]["fetch"] = False  # no network here; the image URLs are found (tests/test_real_data.py)
+    # finetune_encoder runs for every train dataset, and its base encoder is the demo CLIP: it is built,
+    # and on these text-only datasets the stage writes it back unchanged (no image/text pairs)
     params["pipeline"].update(
-        datasets=list(SOURCES), demo_encoders=[], modalities=["text"], id_models=["pop", "bpr"],
-        feature_models=["vbpr"], graph_models=["itemknn", "lattice"], cold_feature_models=["vbpr"],
-        cold_graph_models=["itemknn"],
+        datasets=list(SOURCES), train_datasets=list(SOURCES), demo_encoders=["demo-clip"], modalities=["text"],
+        feature_sets=["default"], id_models=["pop", "bpr"], feature_models=["vbpr"],
+        graph_models=["itemknn", "lattice"], cold_feature_models=["vbpr"], cold_graph_models=["itemknn"],
+        lmm4rec_feature_sets=[], lmm4rec_models=[], e2e_models=[],
     )  # fmt: skip
     params["features"]["default"] = {"text": params["features"]["default"]["text"]}
     for model in ("vbpr", "itemknn", "lattice"):
@@ -40,7 +43,8 @@ def test_real_2018_categories_run_end_to_end_as_text_only_datasets(tmp_path):
     params["train"]["datasets"] = {"gift": {"epochs": 20}, "magazine": {"epochs": 20}}
     project = copy_project(tmp_path / "p", params)
     ran = project.repro()
-    assert "demo_encoder@demo-clip" not in ran and {"features@gift-default-text", "graphs@magazine-default"} <= ran
+    assert {"features@gift-default-text", "graphs@magazine-default", "finetune_encoder@gift"} <= ran
+    assert not any(stage.startswith("features@") and stage.endswith("-image") for stage in ran)
     for name, users in (("gift", 453), ("magazine", 294)):
         stats = json.loads((project.path / f"processed/{name}/ingest_stats.json").read_text())
         assert stats["users"] == users

@@ -18,13 +18,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+import boto3  # installed with the project (dvc-s3): a missing one fails `make test-remote`, never skips it
+import moto.server as moto_server  # a dev dependency: pip install -e '.[dev]'
 import pytest
 
 from tests.conftest import address, stages_run, tiny_params
 from tests.test_pipeline_e2e import Project, copy_project
-
-boto3 = pytest.importorskip("boto3", reason="installed with the project (dvc-s3)")
-moto_server = pytest.importorskip("moto.server", reason="a dev dependency: pip install -e '.[dev]'")
 
 pytestmark = pytest.mark.remote
 

@@ -53,7 +53,7 @@ def test_report_tables_published_numbers_and_plots(tmp_path, params):
     assert "| 0.0575 | 0.0249 |" in warm_table  # MMRec's published BPR on Baby beside ours
     assert "enoche/MMRec, evaluation/README.md" in warm_table and "split: MMRec's Baby" in warm_table
     assert "lattice" not in text
-    assert "Not evaluated on cold-start items (ID-only, cannot rank unseen items): bpr." in text
+    assert "Not evaluated on cold-start items (they cannot rank items unseen in training): bpr." in text
     csv_rows = (tmp_path / "reports/results.csv").read_text().splitlines()
     assert csv_rows[0].startswith("dataset,setting,model,feature_set,recall@10,recall@20") and len(csv_rows) == 4
     plots = sorted(p.name for p in (tmp_path / "reports/plots").iterdir())

@@ -136,6 +136,13 @@ def load_datasets(
         size = int(encoder.config.image_size)
         decoded = [decode_images(read_item_images(ds.images, [r["item_id"] for r in rows]), size)
                    for ds, rows in zip(dirs, _split(items, [p.n_items for p in parts]), strict=True)]  # fmt: skip
+        for ds, (_, has) in zip(dirs, decoded, strict=True):
+            if len(has) and not has.any():  # the tower would learn from blank images only
+                raise ValueError(
+                    f"{ds.images}: none of the {len(has)} items of {ds.name} has an image, and PMMRec's "
+                    f"{hp.item_tower!r} item tower reads them: rebuild the images (dvc repro "
+                    f"pipelines/data/dvc.yaml:images@{ds.name}) or train another tower (item_tower: text or id)"
+                )
         data.pixels = decoded[0][0] if len(decoded) == 1 else torch.cat([px for px, _ in decoded])
         data.image_encoder = encoder
         info["items_without_image"] = int(sum((~has).sum() for _, has in decoded))

@@ -211,14 +211,15 @@ def decode_cover(value: bytes) -> np.ndarray:
 
 def extract_lmdb_covers(lmdb_path: Path, item_ids: Iterable[str], out_dir: Path) -> dict[str, Any]:
     """Write each item's cover from PMMRec's LMDB as `out_dir/<item_id>.png`; count missing and corrupt ones."""
-    import lmdb
     from PIL import Image
+
+    from mmpipe.lmdb_store import open_lmdb
 
     if not lmdb_path.exists():
         raise FileNotFoundError(f"{lmdb_path}: PMMRec cover LMDB not found")
     out_dir.mkdir(parents=True, exist_ok=True)
     counts: dict[str, Any] = {"written": 0, "missing": 0, "corrupt": 0, "first_problems": []}
-    env = lmdb.open(str(lmdb_path), subdir=lmdb_path.is_dir(), readonly=True, lock=False, readahead=False)
+    env = open_lmdb(lmdb_path, subdir=lmdb_path.is_dir(), readahead=False)
     try:
         with env.begin() as txn:
             for item_id in item_ids:

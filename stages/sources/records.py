@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.json as pa_json
 
+from mmpipe.log import get_logger
 from stages.sources.blocks import (
     BLOCK_SIZE,
     PARSE_WORKERS,
@@ -34,6 +35,8 @@ from stages.sources.blocks import (
     prefetch,
 )
 from stages.sources.malformed import Malformed
+
+log = get_logger("ingest")
 
 try:  # a dependency of dvc-data, so normally present; json gives the same values, slower
     import orjson
@@ -510,6 +513,17 @@ LAST_READ: dict[str, ReadStats] = {}  # file name -> stats of its latest read in
 # Threads parsing blocks (pyarrow releases the GIL), beside the one decompressing: one per core, up to 4.
 
 
+# 1e11 ms is March 1973, before any review site; 1e11 s is the year 5138. A median below it in a file
+# whose format gives milliseconds (Amazon 2023) means the file gives seconds.
+SECONDS_BELOW = 1e11
+
+
+def given_in_seconds(time: np.ndarray) -> bool:
+    """Whether timestamps that the format gives in milliseconds are in seconds (their median says)."""
+    valid = time[~np.isnan(time)] if time.dtype.kind == "f" else time
+    return bool(len(valid)) and float(np.median(valid)) < SECONDS_BELOW
+
+
 def read_json_reviews(
     path: Path, bad: Malformed, spec: ReviewSpec, block_size: int = BLOCK_SIZE, workers: int | None = None
 ) -> ReviewColumns:
@@ -528,6 +542,7 @@ def read_json_reviews(
     stats = ReadStats()
     lines = 0
     blocks = prefetch(iter_blocks(path, block_size))
+    divisor = spec.time_divisor
     for last_line, part in ordered_map(job, blocks, PARSE_WORKERS if workers is None else workers):
         lines = last_line
         stats.blocks += 1
@@ -541,7 +556,13 @@ def read_json_reviews(
         items.append(part.item)
         ratings.append(part.rating.to_numpy(zero_copy_only=False).astype(np.float32))
         time = part.time.to_numpy(zero_copy_only=False)
-        times.append(time // spec.time_divisor if spec.time_divisor != 1 else time)
+        if divisor != 1 and not times and given_in_seconds(time):
+            log.warning(
+                "%s: timestamps look like seconds (median %d, in milliseconds that is before 1973), though "
+                "the format gives milliseconds: read as seconds", path.name, int(np.nanmedian(time)),
+            )  # fmt: skip
+            divisor = 1
+        times.append(time // divisor if divisor != 1 else time)
     LAST_READ[path.name] = stats
     return ReviewColumns(
         pa.chunked_array(users, pa.string()),
