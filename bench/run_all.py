@@ -18,7 +18,7 @@ from bench import (
 )
 
 BENCHMARKS = [
-    ("pipeline_timing: where `dvc repro` spends its time, tour and full size (about 35 minutes)", pipeline_timing.main),
+    ("pipeline_timing: where `dvc repro` spends its time, tour and full size (about 20 minutes)", pipeline_timing.main),
     ("features_speed: items/s per encoder, batched vs naive; cache counters", features_speed.main),
     ("models_speed: seconds per training epoch and per full-ranking evaluation", models_speed.main),
     ("ingest_scale: ingest of 10M review + 1M meta lines (2014 format, gzip); lines/s, peak RSS", ingest_scale.main),
