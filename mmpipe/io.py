@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import glob
 import hashlib
 import io
 import json
@@ -50,7 +51,7 @@ def remove_stale_temps(folder: Path, name: str) -> int:
     """Remove the temporary siblings of `name` in `folder` (`.<name>.<pid>.*.tmp*` / `.old`) whose process
     is gone (a SIGKILL or a power cut skips every cleanup); return how many."""
     removed = 0
-    for path in folder.glob(f".{name}.*") if folder.is_dir() else ():
+    for path in folder.glob(f".{glob.escape(name)}.*") if folder.is_dir() else ():
         pid, _, rest = path.name[len(name) + 2 :].partition(".")
         if not pid.isdigit() or not (".tmp" in rest or rest.endswith(".old")) or _pid_alive(int(pid)):
             continue
@@ -60,8 +61,10 @@ def remove_stale_temps(folder: Path, name: str) -> int:
 
 
 def _tmp_sibling(target: Path, suffix: str = "") -> Path:
+    # no remove_stale_temps here: files are written one per item (images, covers), and a scan of the
+    # folder per file would be quadratic; a killed file write leaves its temporary inside a folder that
+    # atomic_dir or the stage replaces as a whole
     target.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(target.parent, target.name)
     fd, name = tempfile.mkstemp(prefix=temp_prefix(target.name), suffix=f".tmp{suffix}", dir=target.parent)
     os.close(fd)
     os.chmod(name, 0o666 & ~_UMASK)  # mkstemp makes 0600 files; outputs get the usual mode
