@@ -26,6 +26,10 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import yaml
+
+from profiles.apply import edit_params
+
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = [
     "mmpipe", "stages", "models", "dvc.yaml", "pipelines", "params.yaml", "profiles", "reports/published.yaml",
@@ -117,23 +121,6 @@ def median_wall(cmd: list[str], cwd: Path, env: dict[str, str], repeat: int) -> 
     return statistics.median(walls)
 
 
-def set_param(path: Path, dotted: str, value: object) -> None:
-    """Change one key of params.yaml in place, keeping the rest of the file as it is."""
-    from ruamel.yaml import YAML
-
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    doc = yaml.load(path.read_text())
-    node = doc
-    *parents, last = dotted.split(".")
-    for key in parents:
-        node = node[key]
-    node[last] = value
-    with path.open("w") as out:
-        yaml.dump(doc, out)
-
-
 def bench_size(profile: str | None, repeat: int, keep: bool) -> None:
     label = profile or "tour"
     tmp = Path(tempfile.mkdtemp(prefix=f"mmpipe-bench-{label}-"))
@@ -145,8 +132,8 @@ def bench_size(profile: str | None, repeat: int, keep: bool) -> None:
         noop = median_wall(["dvc", "repro"], tmp, env, repeat)
         status = median_wall(["dvc", "status"], tmp, env, repeat)
         locks = {str(p.relative_to(tmp)): p.stat().st_size for p in sorted(tmp.rglob("dvc.lock"))}
-        layers = int(re.search(r"n_layers: (\d+)", (tmp / "params.yaml").read_text().split("lightgcn:")[1])[1])
-        set_param(tmp / "params.yaml", EDIT_KEY, layers + 1)
+        layers = yaml.safe_load((tmp / "params.yaml").read_text())["train"]["lightgcn"]["n_layers"]
+        edit_params(tmp / "params.yaml", {"train": {"lightgcn": {"n_layers": layers + 1}}})  # EDIT_KEY
         edit, edit_wall = timed_repro(tmp, env)
         attach_stage_times(edit, times_file)
     finally:

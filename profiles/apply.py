@@ -54,21 +54,27 @@ def _null(representer: Any, _: None) -> Any:
 PROFILES = Path(__file__).resolve().parent
 
 
-def apply_profile(profile: Path, params: Path = Path(PARAMS_FILE)) -> list[str]:
-    """Rewrite `params` with the changes of `profile`; return the keys it changed."""
-    yaml = YAML()  # round-trip: comments, order and quoting kept
+def edit_params(params: Path, changes: dict[str, Any]) -> list[str]:
+    """Write `changes` (nested as in params.yaml) into the file `params`, round-trip: comments, order and
+    quoting kept; return the dotted keys whose values changed."""
+    yaml = YAML()
     yaml.width = 4096
     yaml.preserve_quotes = True
     yaml.representer.add_representer(type(None), _null)
     doc = yaml.load(params.read_text(encoding="utf-8"))
-    changes = YAML(typ="safe").load(profile.read_text(encoding="utf-8")) or {}
-    if not isinstance(changes, dict):
-        raise ParamsError(f"{profile}: expected a mapping of params keys")
     changed = apply(doc, changes)
     out = io.StringIO()
     yaml.dump(doc, out)
     write_text(params, out.getvalue())
     return changed
+
+
+def apply_profile(profile: Path, params: Path = Path(PARAMS_FILE)) -> list[str]:
+    """Rewrite `params` with the changes of `profile`; return the keys it changed."""
+    changes = YAML(typ="safe").load(profile.read_text(encoding="utf-8")) or {}
+    if not isinstance(changes, dict):
+        raise ParamsError(f"{profile}: expected a mapping of params keys")
+    return edit_params(params, changes)
 
 
 def with_profile(params: dict[str, Any], name: str) -> dict[str, Any]:
