@@ -5,6 +5,10 @@ masked. Cold setting: the MICRO protocol, test interactions are those with cold 
 in training), ranked over all items with training items masked. ID-only models cannot rank unseen
 items; their evaluation.json says so instead of reporting zeros for cold-start.
 
+Before the test split is scored, the loaded checkpoint is scored on the validation split and must give
+the best validation metrics train.json recorded: the test numbers are then those of the epoch that was
+selected, not of whatever weights the file holds.
+
 `metrics.json` holds the headline numbers only (test and best-validation Recall@20 / NDCG@20, or
 whatever `train.common.valid_metric` names), so `dvc metrics show` and `dvc exp show` stay readable;
 choose experiments on `valid`, report `test`. `evaluation.json` beside it has every metric at every
@@ -32,6 +36,29 @@ from stages.train import E2E, E2E_KEYS, FLAGS, OPTIONAL_FLAGS, build_model, load
 log = get_logger("evaluate")
 
 HEADLINE = ("recall@20", "ndcg@20")  # the metrics published tables give; always in metrics.json
+# train.json rounds to 6 digits; a re-scored value may differ by that rounding, no more.
+RESCORE_TOLERANCE = 1.5e-6
+
+
+def check_best_weights(recomputed: dict[str, float], recorded: dict[str, float], where: str) -> None:
+    """The saved weights must reproduce the best validation metrics train.json recorded.
+
+    The trainer keeps a copy of the weights of its best epoch; if the checkpoint held another epoch's
+    weights (or a model scored differently after loading), the test numbers would belong to a model that
+    was never selected. Every recorded metric is compared, so a near-tie on the selection metric alone
+    does not hide it.
+    """
+    wrong = {
+        k: (recorded[k], round(recomputed[k], 6))
+        for k in recorded
+        if abs(recorded[k] - recomputed[k]) > RESCORE_TOLERANCE
+    }
+    if wrong:
+        shown = ", ".join(f"{k} recorded {a} vs {b} now" for k, (a, b) in sorted(wrong.items()))
+        raise RuntimeError(
+            f"{where}: the saved weights do not reproduce the best validation metrics of train.json ({shown}); "
+            f"the checkpoint is not the selected epoch's: re-run its train stage (dvc repro -f <train stage>)"
+        )
 
 
 def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
@@ -72,8 +99,13 @@ def run(
     net = build_model(spec, data, hp, declared_params, processed)
     net.load_state_dict(checkpoint["state_dict"])
     net.move_to(spec.device).eval()
+    scorer = net.scorer()
+    recorded = summary["best_valid"]
+    valid_ks = sorted({int(k.partition("@")[2]) for k in recorded})
+    rescored, _ = evaluate(scorer, split.train, split.valid, valid_ks, cfg.batch_users, spec.device)
+    check_best_weights(rescored, recorded, str(files.checkpoint))
     ks = sorted(set(cfg.topk))
-    metrics, ranking = evaluate(net.scorer(), split.train, split.test, ks, cfg.batch_users, spec.device)
+    metrics, ranking = evaluate(scorer, split.train, split.test, ks, cfg.batch_users, spec.device)
 
     test_users = np.flatnonzero(np.diff(split.test.indptr) > 0)
     result: dict[str, Any] = {

@@ -19,8 +19,8 @@ from models.core.data import load_train_data
 from models.core.graph import bipartite_adjacency, self_loop_row_normalize, sparse_tensor
 from models.core.layers import layer_mean
 from models.core.registry import MODELS, all_models, get_model, model_config
-from models.core.trainer import NegativeSampler, TrainConfig, fit
-from stages import coldstart, features, graphs, train
+from models.core.trainer import NegativeSampler, TrainConfig, fit, state_on_cpu
+from stages import coldstart, evaluate, features, graphs, train
 from tests.conftest import ROOT
 
 log = logging.getLogger("test")
@@ -93,19 +93,55 @@ def test_loss_scores_and_gradients_on_tiny_graph(name, params):
     assert all(p.grad is None or p.grad.abs().sum() == 0 for n, p in model.named_parameters() if n in exempt)
 
 
-def test_models_that_claim_cold_items_score_them_from_content(params):
+def with_cold_features(data: TrainData, seed: int) -> TrainData:
+    """The same data with the cold item's feature rows redrawn, and the graphs recomputed from them."""
+    rng = np.random.default_rng(seed)
+    features = {m: f.clone() for m, f in data.features.items()}
+    for f in features.values():
+        f[-1] = torch.from_numpy(rng.normal(size=f.shape[1]).astype(np.float32))
+    return dataclasses.replace(
+        data,
+        features=features,
+        knn={m: graphs.knn_graph(f.numpy(), TINY_K, True) for m, f in features.items()},
+        user_knn={
+            m: graphs.knn_graph(graphs.user_interests(data.train, f.numpy()), TINY_K, True) for m, f in features.items()
+        },
+    )
+
+
+COLD_SCORERS = ["freedom", "itemknn", "lattice", "micro", "rearm", "vbpr"]  # pmmrec: tests/test_pmmrec.py
+
+
+@pytest.mark.parametrize("name", COLD_SCORERS)
+def test_cold_items_are_scored_from_their_content(name, params):
+    """A cold item's scores move when its features change (all else equal, the same initial weights); its
+    untrained ID row is either not used at all (VBPR: changing it moves no score) or trained through the
+    item graph (graph models: a batch of warm items only gives it a gradient). Mutations caught: a model
+    scoring cold items by their ID rows alone (the content path dropped), VBPR without its seen-mask."""
+    every = {n: get_model(n) for n in all_models()}
+    assert sorted(n for n, c in every.items() if c.scores_cold_items and c.reads != "seq") == COLD_SCORERS
     data = tiny_data()
     cold = data.n_items - 1
-    for name, cls in sorted(MODELS.items()):
-        if not cls.scores_cold_items or cls.reads == "seq":  # sequential models: tests/test_pmmrec.py
-            continue
-        model = cls(data, hp_for(name, params, tiny=True))
-        scores = model.scorer()(torch.arange(data.n_users))
-        assert scores[:, cold].abs().sum() > 0, name
-    vbpr = get_model("vbpr")(data, hp_for("vbpr", params))
-    _, items = vbpr.final_embeddings()
-    dim = params["train"]["vbpr"]["embedding_size"]
-    assert items[cold, :dim].abs().sum() == 0  # the untrained ID half of a cold item is not used
+    cls = get_model(name)
+    scores = []
+    for variant in (data, with_cold_features(data, 1)):
+        torch.manual_seed(0)
+        model = cls(variant, hp_for(name, params, tiny=True)).eval()
+        scores.append(model.scorer()(torch.arange(data.n_users)))
+    assert not torch.allclose(scores[0][:, cold], scores[1][:, cold]), f"{name}: cold scores ignore the features"
+    if not cls.trainable:
+        return
+    torch.manual_seed(0)
+    model = cls(data, hp_for(name, params, tiny=True))
+    if name == "vbpr":
+        with torch.no_grad():
+            model.item_emb[cold] += 10.0
+        torch.testing.assert_close(model.scorer()(torch.arange(data.n_users)), scores[0], rtol=0, atol=0)
+        return
+    model.on_epoch_start(1, np.random.default_rng(0))
+    users, pos, neg = torch.tensor([0, 1, 2]), torch.tensor([0, 0, 0]), torch.tensor([3, 4, 5])
+    model.loss(users, pos, neg).backward()
+    assert model.item_emb.grad[cold].abs().sum() > 0, f"{name}: the cold ID row is used but never trained"
 
 
 def test_pop_ranks_by_training_popularity_and_cannot_score_cold_items():
@@ -177,6 +213,28 @@ def test_early_stopping_keeps_best_epoch(params, demo_ready):
     assert len(values) < 60  # stopped early
     assert values[result.best_epoch - 1] == max(values) == pytest.approx(result.best_valid["recall@20"], abs=1e-6)
     assert all(v <= max(values) for v in values[result.best_epoch :]) and len(values) - result.best_epoch == 3
+
+
+def test_evaluate_refuses_weights_that_are_not_the_best_epochs(params, demo_ready, tmp_path, monkeypatch):
+    """The evaluate stage re-scores the checkpoint on the validation split: the best epoch's weights
+    reproduce train.json's best; the last epoch's (a trainer that forgot to keep the best) are refused."""
+    params["train"]["common"].update(epochs=60, patience=3, lr=0.05)
+    summary = train.run("demo", "bpr", "warm", "id", params, processed=demo_ready, runs=tmp_path / "good")
+    assert summary["best_epoch"] < summary["epochs_run"]  # the last epoch is not the best one
+    result = evaluate.run("demo", "bpr", "warm", "id", params, processed=demo_ready, runs=tmp_path / "good")
+    assert result["valid"] == summary["best_valid"]
+
+    real_fit = train.fit
+
+    def keeps_the_last_epoch(model, *args, **kwargs):
+        result = real_fit(model, *args, **kwargs)
+        return dataclasses.replace(result, best_state=state_on_cpu(model))
+
+    monkeypatch.setattr(train, "fit", keeps_the_last_epoch)
+    train.run("demo", "bpr", "warm", "id", params, processed=demo_ready, runs=tmp_path / "bad")
+    with pytest.raises(RuntimeError, match=r"model.pt: the saved weights do not reproduce the best validation"):
+        evaluate.run("demo", "bpr", "warm", "id", params, processed=demo_ready, runs=tmp_path / "bad")
+    assert not (tmp_path / "bad/demo/bpr/warm/evaluation.json").exists()
 
 
 def test_training_is_reproducible_across_processes(params, demo_ready, tmp_path):
