@@ -7,9 +7,12 @@ import os
 import re
 import signal
 import subprocess
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -68,6 +71,33 @@ def stages_run(output: str) -> set[str]:
 LONG_MODULES = ("test_pipeline_e2e.py", "test_pipeline_edits.py")
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--no-skips",
+        action="store_true",
+        help="fail the run if any test was skipped (the marked suites: a missing package or service must fail)",
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """A run in which no test passed fails (a marked suite whose tests were all skipped or deselected would
+    otherwise pass with nothing run); with --no-skips, so does a run with any skipped test. Checked where
+    the results are counted: the main process (under pytest-xdist, not in its workers)."""
+    reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is None or hasattr(session.config, "workerinput") or exitstatus not in (0, 5):
+        return
+    passed, skipped = len(reporter.stats.get("passed", [])), len(reporter.stats.get("skipped", []))
+    problem = None
+    if passed == 0:
+        problem = "no test passed: the selected suite ran nothing"
+    elif skipped and session.config.getoption("--no-skips"):
+        problem = f"{skipped} test(s) skipped under --no-skips: every test of this suite must run"
+    if problem:
+        reporter.write_line(f"\nERROR: {problem}", red=True, bold=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Run the long modules first, each in its own order; the rest keep theirs (a stable sort)."""
     items.sort(key=lambda item: item.path.name not in LONG_MODULES)
@@ -121,13 +151,58 @@ def tiny_params() -> dict[str, Any]:
         e2e_models=["vbpr"],
     )  # fmt: skip
     params["finetune"].update(epochs=2, batch_size=16)
-    params["train"]["e2e"].update(encoder_batch_size=64, trainer={"epochs": 2, "patience": 2})
-    params["train"]["common"].update(epochs=3, patience=2, batch_size=256)
+    params["train"]["e2e"].update(encoder_batch_size=64, trainer={"epochs": 20, "patience": 5, "lr": 0.03})
+    # Three epochs of a few steps each: lr 0.01 (MMRec's 1e-3 is for up to 1000 epochs) so that the models
+    # learn enough to clear a random ranking by a margin (tests' `ranking_floors`); BPR-MF, which starts
+    # from nothing but random IDs, gets the 20 epochs it needs (1.3 s).
+    params["train"]["common"].update(epochs=3, patience=2, batch_size=256, lr=0.01)
+    params["train"]["bpr"]["trainer"] = {"epochs": 20, "patience": 5}
     params["train"]["datasets"] = {"demo": {}}  # train.common above, not the demo's budget
     # the fair share: two test workers each running a stage get one thread each
     params["train"]["num_threads"] = 0
     params["finetune"]["num_threads"] = 0
     return params
+
+
+@dataclass(frozen=True)
+class Floors:
+    """What a model that learned nothing scores on a split: the expected Recall@k of a random ranking, its
+    standard deviation over the evaluated users, and the popularity ranking's Recall@k."""
+
+    chance: float
+    chance_sd: float
+    popularity: float
+
+    @property
+    def learned(self) -> float:
+        """Chance + 3 standard deviations: a random ranking clears it about once in 700 runs."""
+        return self.chance + 3 * self.chance_sd
+
+
+def ranking_floors(dataset: Path, k: int = 20, split: int = 2) -> Floors:
+    """The floors of the warm test split (`split` 1: validation) of a processed dataset folder, computed
+    here from its Parquet files with pandas (not with the project's evaluator).
+
+    A random ranking of a user's N = n_items - |train_u| candidates puts h of the r relevant items in its
+    top k with h hypergeometric: E[h] = k r / N and Var[h] = k (r/N) (1 - r/N) (N - k) / (N - 1), and
+    Recall@k = h / r. Popularity ranks the candidates by training count, ties by smaller item index (as the
+    evaluator)."""
+    table = pd.read_parquet(dataset / "interactions.parquet", columns=["user_idx", "item_idx", "split"])
+    n_items = len(pd.read_parquet(dataset / "items.parquet", columns=["item_idx"]))
+    train, test = table[table["split"] == 0], table[table["split"] == split]
+    seen = train.groupby("user_idx")["item_idx"].apply(set)
+    order = np.argsort(-np.bincount(train["item_idx"], minlength=n_items), kind="stable")
+    mean, variance, popular = [], [], []
+    for user, items in test.groupby("user_idx")["item_idx"]:
+        if user not in seen.index:
+            continue  # not evaluated: no training history
+        relevant, n = set(items), n_items - len(seen[user])
+        r, draws = len(relevant), min(k, n)
+        mean.append(draws / n)
+        variance.append(draws * (r / n) * (1 - r / n) * (n - draws) / max(n - 1, 1) / r**2)
+        top = [i for i in order if i not in seen[user]][:k]
+        popular.append(len(relevant & set(top)) / r)
+    return Floors(float(np.mean(mean)), float(np.sqrt(np.sum(variance)) / len(mean)), float(np.mean(popular)))
 
 
 @pytest.fixture

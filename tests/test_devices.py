@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import shutil
+from collections.abc import Iterator
 
 import numpy as np
 import pytest
@@ -19,9 +20,11 @@ from mmpipe.config import ParamsError
 from mmpipe.devices import autocast, resolve_device, to_device
 from models.core.data import load_train_data
 from models.core.evaluator import evaluate
+from models.core.graph import sparse_tensor
 from models.core.registry import get_model, model_config
 from models.core.trainer import TrainConfig, fit
 from stages import coldstart, features, graphs
+from tests.test_models import ALL_MODELS, hp_for, tiny_data
 
 CUDA = torch.cuda.is_available()
 needs_cuda = pytest.mark.skipif(not CUDA, reason="no CUDA GPU visible to torch on this machine")
@@ -40,15 +43,63 @@ def test_device_values_and_their_errors():
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
-def test_move_to_moves_plain_tensor_attributes_too():
-    """Graphs kept as attributes (sparse, in lists and dicts) travel with the parameters."""
-    moved = to_device({"a": [torch.ones(2)], "b": (torch.zeros(1),), "c": 3}, torch.device("cpu"))
-    assert moved["c"] == 3 and isinstance(moved["b"], tuple)
-    from tests.test_models import hp_for, tiny_data
+META = torch.device("meta")  # no data, but a device of its own: a tensor left behind still says "cpu"
 
-    params = {"train": {"lattice": {"knn_k": 3}}}
-    model = get_model("lattice")(tiny_data(), hp_for("lattice", params)).move_to(torch.device("cpu"))
-    assert model.device == torch.device("cpu") and all(g.device.type == "cpu" for g in model.original)
+
+def tensors_in(value: object, path: str) -> Iterator[tuple[str, torch.Tensor]]:
+    """Every tensor in an attribute's value, itself or inside lists, tuples and dicts, with its path."""
+    if isinstance(value, torch.Tensor):
+        yield path, value
+    elif isinstance(value, list | tuple):
+        for i, v in enumerate(value):
+            yield from tensors_in(v, f"{path}[{i}]")
+    elif isinstance(value, dict):
+        for k, v in value.items():
+            yield from tensors_in(v, f"{path}[{k!r}]")
+
+
+def model_tensors(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """Parameters, buffers and the tensors of every public attribute of every submodule, by path."""
+    found = dict(model.named_parameters())
+    found.update(model.named_buffers())
+    for prefix, module in model.named_modules():
+        for name, value in vars(module).items():
+            if not name.startswith("_"):
+                found.update(tensors_in(value, f"{prefix}.{name}" if prefix else name))
+    return found
+
+
+def test_to_device_moves_tensors_in_lists_tuples_and_dicts():
+    sparse = sparse_tensor(sp.eye(3))  # a graph as the models keep it: sparse CSR
+    moved = to_device({"a": [torch.ones(2)], "b": (torch.zeros(1), sparse), "c": 3}, META)
+    assert moved["c"] == 3 and isinstance(moved["b"], tuple) and isinstance(moved["a"], list)
+    assert [t.device for t in (moved["a"][0], *moved["b"])] == [META] * 3
+    assert moved["b"][1].layout == torch.sparse_csr
+
+
+# The tensors some models keep as plain attributes, which `nn.Module.to` alone would leave behind.
+PLAIN_TENSORS = {
+    "lightgcn": {"adj"},
+    "vbpr": {"features['image']", "features['text']"},
+    "lattice": {"original[0]", "original[1]", "ui_adj", "ui_adj_t"},
+    "freedom": {"mm_adj", "full_adj", "train_adj"},
+    "micro": {"original['image']", "original['text']", "ui_adj", "ui_adj_t"},
+}
+
+
+@pytest.mark.parametrize("name", ALL_MODELS)
+def test_move_to_moves_every_tensor_of_the_model(name, params):
+    """Parameters, buffers (VBPR's `seen`) and the graphs kept as plain attributes (sparse, alone or in lists
+    and dicts) all travel with `move_to`, in every submodule: after a move to the meta device none is left
+    on the CPU."""
+    model = get_model(name)(tiny_data(), hp_for(name, params, tiny=True))
+    before = model_tensors(model)
+    assert PLAIN_TENSORS.get(name, set()) <= set(before)
+    assert model.move_to(META) is model and model.device == META
+    after = model_tensors(model)
+    assert set(after) == set(before)
+    assert {path: t.device for path, t in after.items() if t.device != META} == {}
+    assert all(after[path].layout == t.layout and after[path].shape == t.shape for path, t in before.items())
 
 
 @pytest.fixture(scope="module")

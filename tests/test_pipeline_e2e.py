@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tests.conftest import ROOT, address, stages_run, tiny_params
+from tests.conftest import ROOT, address, ranking_floors, stages_run, tiny_params
 
 PROJECT_FILES = [
     "mmpipe", "stages", "models", "dvc.yaml", "pipelines", "params.yaml", "reports/published.yaml",
@@ -134,7 +134,11 @@ def test_full_repro_builds_every_output(project):
         assert (p / f"runs/demo/{run}/history.csv").read_text().startswith("epoch,")
     bpr = json.loads((p / "runs/demo/bpr/warm/evaluation.json").read_text())
     assert "not supported" in bpr["cold_start"]
-    assert bpr["test"]["recall@20"] > 20 / 66  # far better than random ranking on the demo's structure
+    floors = ranking_floors(p / "processed/demo")
+    assert floors.popularity > floors.learned  # the demo has structure to learn
+    for run in sorted(r for r in runs if r.endswith("/warm")):  # cold runs rank other items: tests/test_models.py
+        recall = json.loads((p / f"runs/demo/{run}/evaluation.json").read_text())["test"]["recall@20"]
+        assert recall > floors.learned, (run, recall, floors)
     report = (p / "reports/results.md").read_text()
     assert all(f"| {m} |" in report for m in ("bpr", "lightgcn", "vbpr (default)", "itemknn (default)"))
     assert list((p / "reports/plots").glob("*.png"))

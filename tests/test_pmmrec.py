@@ -132,6 +132,60 @@ def test_own_items_are_masked_and_the_popularity_correction_applied(seq_project)
     )
 
 
+def test_nicl_loss_by_hand(seq_project):
+    """NICL (the model docstring's formula), position by position: the text of item a against its own
+    image and the next item's image, over the images and (other) texts of the batch. Mutations caught: the
+    next item's image left out of the positive, the anchor's own text among the negatives, the intra-modal
+    negatives dropped, a missing temperature."""
+    model, _, _ = build(seq_project)
+    torch.manual_seed(1)
+    text, image = torch.randn(5, 32), torch.randn(5, 32)
+    in_idx = torch.tensor([[0, 1, 2, 2], [3, 4, 0, 1]])
+    tgt_idx = torch.tensor([[1, 2, 2, 3], [4, 0, 1, 1]])  # position (0, 2): item 2 followed by itself
+    valid = torch.tensor([[False, True, True, True], [True, True, True, True]])
+    next_valid = torch.tensor([[True, True, True, True], [True, True, True, False]])
+    with torch.no_grad():
+        got = model.nicl_loss(text, image, in_idx, tgt_idx, valid, next_valid).item()
+        t = torch.nn.functional.normalize(model.nicl_head(text), dim=-1).double().numpy()
+        v = torch.nn.functional.normalize(model.nicl_head(image), dim=-1).double().numpy()
+    tau = model.hp.nicl_temperature
+    losses = []
+    for row, col in zip(*np.nonzero((valid & next_valid).numpy()), strict=True):
+        a, b = int(in_idx[row, col]), int(tgt_idx[row, col])
+        positives = {a, b}  # one positive when an item follows itself
+        numerator = sum(np.exp(t[a] @ v[c] / tau) for c in positives)
+        denominator = sum(np.exp(t[a] @ v[c] / tau) for c in range(5))
+        denominator += sum(np.exp(t[a] @ t[c] / tau) for c in range(5) if c != a)
+        losses.append(-np.log(numerator / denominator))
+    assert len(losses) == 6
+    assert got == pytest.approx(np.mean(losses), rel=1e-5)
+
+
+def test_rcl_loss_and_nid_noise_by_hand(seq_project):
+    """RCL: a sequence's last state and its noised copy's are positives against the other sequences,
+    symmetrised; NID: a share nid_ratio of the valid positions (never padding) replaced by real batch items.
+    Mutations caught: RCL one-directional or without temperature; noise on padding, or padding drawn."""
+    model, _, _ = build(seq_project)
+    torch.manual_seed(2)
+    clean, noisy = torch.randn(4, 32), torch.randn(4, 32)
+    a = torch.nn.functional.normalize(clean, dim=-1).double().numpy()
+    b = torch.nn.functional.normalize(noisy, dim=-1).double().numpy()
+    logits = a @ b.T / model.hp.rcl_temperature
+    rows = [-(logits[i, i] - np.log(np.exp(logits[i]).sum())) for i in range(4)]
+    cols = [-(logits[i, i] - np.log(np.exp(logits[:, i]).sum())) for i in range(4)]
+    assert model.rcl_loss(clean, noisy).item() == pytest.approx(0.5 * (np.mean(rows) + np.mean(cols)), rel=1e-5)
+
+    candidates = torch.tensor([PAD, 3, 5, 8, 9])
+    in_idx = torch.randint(1, 5, (400, 6))
+    in_idx[:, :2] = 0  # left padding: the PAD candidate
+    valid = in_idx != 0
+    noised, replaced = model.noise(in_idx, valid, len(candidates), candidates, torch.Generator().manual_seed(0))
+    assert not replaced[~valid].any() and torch.equal(noised[~valid], in_idx[~valid])
+    assert (noised[replaced] != 0).all()  # never replaced by padding
+    share = replaced[valid].float().mean().item()
+    assert abs(share - model.hp.nid_ratio) < 4 * np.sqrt(model.hp.nid_ratio * (1 - model.hp.nid_ratio) / valid.sum())
+
+
 @pytest.mark.parametrize("part", ["full", "item_encoder", "user_encoder"])
 def test_transfer_loads_exactly_the_part(seq_project, part):
     source, _, _ = build(seq_project)
@@ -166,16 +220,33 @@ def pretrain_on(sources, params, processed, runs):
     return pretrain.run("pmmrec", params, processed, runs)
 
 
+def chance_hit_rate(seqs, k: int = 10) -> tuple[float, float]:
+    """HR@k of a random ranking on the test targets and its standard deviation over users: each user's
+    whole history is masked (models.seq.data), so the target is one of n_items - |history| candidates."""
+    p = []
+    for u in range(len(seqs)):
+        history = set(np.append(seqs.train[u], seqs.valid_target[u]).tolist())
+        n = seqs.n_items - len(history)
+        p.append(0.0 if seqs.test_target[u] in history else min(k, n) / n)
+    p = np.array(p)
+    return float(p.mean()), float(np.sqrt((p * (1 - p)).sum()) / len(p))
+
+
 def test_pretrain_then_transfer_stages(seq_project, tmp_path):
     root, params = seq_project
     runs = tmp_path / "runs"
+    _, seqs, _ = build(seq_project)
+    chance, sd = chance_hit_rate(seqs)
+    train = {**params["seq"]["train"], "epochs": 8, "patience": 3, "lr": 3e-3}  # enough to clear chance (+5 s)
+    params = {**params, "seq": {**params["seq"], "train": train}}
     summary = pretrain_on(["demo"], params, root / "processed", runs)
     assert summary["encoder_params_trained"] > 0 and summary["encoder_params_frozen"] > 0
     assert torch.load(runs / "pretrain/pmmrec/model.pt", weights_only=True)["sources"] == ["demo"]
     for variant in ("scratch", "full", "sasrec"):
         result = transfer.run("demo", variant, params, root / "processed", runs)
         evaluation = json.loads((runs / f"demo/pmmrec/{variant}/evaluation.json").read_text())
-        assert 0 <= evaluation["test"]["hr@10"] <= 1 and evaluation["test"]["hr@50"] >= evaluation["test"]["hr@10"]
+        assert evaluation["test"]["hr@50"] >= evaluation["test"]["hr@10"]
+        assert evaluation["test"]["hr@10"] > chance + 3 * sd, (variant, evaluation["test"]["hr@10"], chance, sd)
         assert (result["tensors_transferred"] > 0) == (variant == "full")
         assert result["sources"] == (["demo"] if variant == "full" else None)
         metrics = json.loads((runs / f"demo/pmmrec/{variant}/metrics.json").read_text())

@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import copy
 import importlib
+import os
 import re
 import shlex
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -241,3 +244,25 @@ def test_family_files_run_from_the_root_and_read_its_params():
         for name, stage in doc["stages"].items():
             assert stage_body(stage).get("wdir") == "../..", f"{path}: {name} has no wdir: ../.."
     assert len(dvc_files()) == 5
+
+
+def test_a_suite_that_runs_nothing_or_skips_under_no_skips_fails(tmp_path):
+    """tests/conftest.py's session check: CI's marked suites cannot pass with zero tests run, and with
+    --no-skips (as CI runs them) not with a skipped test either."""
+    sample = "import pytest\n\ndef test_runs():\n    pass\n\n"
+    sample += "@pytest.mark.skip(reason='a missing service')\ndef test_skipped():\n    pass\n"
+    (tmp_path / "test_sample.py").write_text(sample)
+
+    def pytest_rc(*args: str) -> tuple[int, str]:
+        env = {**os.environ, "PYTHONPATH": str(ROOT)}
+        command = [sys.executable, "-m", "pytest", "-q", "-p", "tests.conftest", "test_sample.py", *args]
+        proc = subprocess.run(command, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+        return proc.returncode, proc.stdout
+
+    assert pytest_rc()[0] == 0  # one passed, one skipped: fine by default
+    rc, out = pytest_rc("--no-skips")
+    assert rc == 1 and "1 test(s) skipped under --no-skips" in out
+    rc, out = pytest_rc("-k", "skipped")
+    assert rc == 1 and "no test passed" in out
+    rc, out = pytest_rc("-k", "nothing_matches")
+    assert rc == 1 and "no test passed" in out
