@@ -1,15 +1,20 @@
 """Slow: the default DAG (the tour) through `dvc repro`, twice from scratch (`make test-slow`, in CI).
 
 Checks the tour's sizes, that its models learn the demo's planted structure (well above popularity and
-chance), and that two independent runs produce byte-identical data, graphs, splits and checkpoints.
+chance), that two independent runs produce byte-identical data, graphs, splits and checkpoints, and that a
+run from scratch gives the committed dvc.lock files (every dependency and output hash, timings aside) and
+the committed reports/results.csv: the numbers the project publishes come from the committed code.
 """
 
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
+import yaml
 
+from tests.conftest import ROOT, dvc_files
 from tests.test_pipeline_e2e import copy_project
 
 pytestmark = pytest.mark.slow
@@ -31,6 +36,30 @@ DETERMINISTIC = [
     *(f"runs/demo/{run}/model.pt" for run in ("lightgcn/warm", "vbpr/default/warm", "rearm/default/warm")),
     "runs/pretrain/pmmrec/model.pt",
 ]
+
+
+# Outputs that record how long something took (seconds per epoch, encode times): their bytes differ between
+# runs, everything else must not. A folder holding one of them differs too.
+TIMED_FILES = ("train.json", "evaluation.json", "history.csv", "ingest_stats.json", "finetune_stats.json",
+               "results.md")  # fmt: skip
+TIMED_FOLDERS = ("feature_stats",)
+
+
+def lock_hashes(root: Path) -> dict[tuple[str, str, str], str]:
+    """(lock file, stage, path) -> md5 of every dependency and output of every dvc.lock under `root`."""
+    hashes = {}
+    for dvc_yaml in dvc_files(root):
+        lock = dvc_yaml.with_name("dvc.lock")
+        for stage, entry in yaml.safe_load(lock.read_text())["stages"].items():
+            for item in entry.get("deps", []) + entry.get("outs", []):
+                hashes[(str(lock.relative_to(root)), stage, item["path"])] = item["md5"]
+    return hashes
+
+
+def timed(root: Path, path: str) -> bool:
+    target = root / path
+    files = [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
+    return any(f.name in TIMED_FILES or f.parent.name in TIMED_FOLDERS for f in files)
 
 
 def metric(root, run: str, key: str = "recall@20") -> float:
@@ -56,3 +85,9 @@ def test_the_tour_twice(tmp_path):
     for variant in ("sasrec", "scratch", "full"):
         assert metric(root, f"demo_b/pmmrec/{variant}", "hr@10") > 1.5 * 10 / target_items, variant
     assert a.repro() == set()
+
+    committed, fresh = lock_hashes(ROOT), lock_hashes(root)
+    assert set(fresh) == set(committed), set(fresh) ^ set(committed)
+    differ = sorted(key for key in committed if fresh[key] != committed[key])
+    assert [key for key in differ if not timed(root, key[2])] == [], "a run from scratch differs from dvc.lock"
+    assert (root / "reports/results.csv").read_bytes() == (ROOT / "reports/results.csv").read_bytes()
