@@ -45,14 +45,15 @@ def feature_run(params: dict, processed: Path, engine: str, workers: int) -> tup
 
 
 def train_run(params: dict, work: Path, processes: int) -> dict:
-    """The train stage's train.json for LightGCN with `processes` processes."""
+    """The train stage's train.json and train_times.json for LightGCN with `processes` processes."""
     params["train"]["processes"] = processes
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "MMPIPE_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "stages.train", "--dataset", "demo", "--model", "lightgcn", "--setting",
                "warm", "--group", "id"]  # fmt: skip
     subprocess.run(command, cwd=work, env=env, check=True, stderr=subprocess.DEVNULL)
-    return read_json(work / "runs/demo/lightgcn/warm/train.json")
+    run = work / "runs/demo/lightgcn/warm"
+    return {**read_json(run / "train.json"), **read_json(run / "train_times.json")}
 
 
 def main(argv: list[str] | None = None) -> int:

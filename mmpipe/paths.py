@@ -151,8 +151,14 @@ class RunFiles:
 
     @property
     def train_summary(self) -> Path:
-        """Best epoch, epochs run, best validation metrics and timings of the training run."""
+        """Best epoch, epochs run, best validation metrics: the same bytes for the same training, so that
+        re-training to the same weights re-runs nothing downstream (timings are in `train_times`)."""
         return self.root / "train.json"
+
+    @property
+    def train_times(self) -> Path:
+        """Seconds of the training run and per epoch (read by the report, a dependency of nothing else)."""
+        return self.root / "train_times.json"
 
     @property
     def metrics(self) -> Path:

@@ -8,6 +8,7 @@ the reading stage with a message naming the file and the column.
 from __future__ import annotations
 
 import hashlib
+import io
 from pathlib import Path
 from typing import Any
 
@@ -145,3 +146,19 @@ def read_features(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
     dim = emb.type.list_size
     matrix = emb.values.to_numpy(zero_copy_only=False).reshape(-1, dim).astype(np.float32)
     return matrix, table["has_input"].to_numpy(zero_copy_only=False)
+
+
+def decode_image(data: bytes, what: str) -> Any:
+    """The RGB image (PIL) of stored image bytes (images.lmdb's JPEGs, covers). Bytes Pillow cannot read
+    are an error naming `what` and the repair, not Pillow's bare UnidentifiedImageError: the images stage
+    stores only images it could read, so such bytes mean the store was damaged afterwards."""
+    from PIL import Image
+
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            return image.convert("RGB")
+    except (OSError, ValueError, SyntaxError) as exc:  # UnidentifiedImageError is an OSError
+        raise ValueError(
+            f"{what}: stored image bytes Pillow cannot read ({len(data)} bytes, starting {data[:8]!r}: {exc}); "
+            f"the image store is damaged: delete it and re-run its images stage (or `dvc pull` it again)"
+        ) from None

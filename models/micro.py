@@ -14,7 +14,13 @@ Follows the official CRIPAC-DIG/MICRO code:
   over all items (anchor h_m, positive the same item's h, negatives all other items in both views,
   temperature tau).
 The cold-start setting changes only the data (as in MICRO's `--core 0`); here negatives are never cold
-items (the shared trainer's rule), and cold items are reached through the item graphs.
+items (the shared trainer's rule), and cold items are reached through the item graphs. The official
+cold-start runs train at lr 1e-5: `train.micro.cold: {lr: 1.0e-5}` (params.yaml keeps the warm lr, which
+suits the demo's short budgets).
+Documented differences, both the shared trainer's: an epoch is a shuffled pass over the training
+interactions in batches of `train.common.batch_size` (the official code draws a batch of distinct users,
+1024 by default, and one positive and one negative item for each), and early stopping is MMRec's rule
+(`models.core.trainer.EarlyStopping`, which the official code also follows).
 """
 
 from __future__ import annotations

@@ -62,7 +62,9 @@ PRESETS = {
 
 
 def softmax_rows(counts: sp.csr_matrix, popularity: np.ndarray, k: int) -> sp.csr_matrix:
-    """Row weights softmax(counts); a row without neighbours links to the k most popular nodes."""
+    """Row weights softmax(counts); a row without neighbours links to the k most popular nodes with
+    weights softmax(their share of those k nodes' popularity), as the official code (which applies its
+    softmax to every row, the fallback's popularity shares included)."""
     counts = sp.csr_matrix(counts, dtype=np.float64)
     data = counts.data.copy()
     for r in range(counts.shape[0]):
@@ -75,7 +77,8 @@ def softmax_rows(counts: sp.csr_matrix, popularity: np.ndarray, k: int) -> sp.cs
     if len(empty):
         popular = np.argsort(-popularity, kind="stable")[:k]
         popular = popular[popularity[popular] > 0]
-        weights = popularity[popular] / popularity[popular].sum()
+        share = popularity[popular] / popularity[popular].sum()
+        weights = np.exp(share - share.max()) / np.exp(share - share.max()).sum()
         fallback = sp.csr_matrix(
             (np.tile(weights, len(empty)), (np.repeat(empty, len(popular)), np.tile(popular, len(empty)))),
             shape=counts.shape,

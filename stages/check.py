@@ -14,6 +14,9 @@ first; it checks, with messages naming the key, the value and what is allowed:
   changes) when e2e_models run, and the `evaluate` block;
 * PMMRec's blocks (`train.pmmrec`, `seq.train`, `seq.pretrain`, every listed `seq.variants.<v>`) when
   pre-training or transfer is enabled;
+* that no encoder is asked to train more top blocks than it has (`finetune.n_trainable_layers`,
+  `train.e2e.n_trainable_layers`, PMMRec's `text_trainable_layers` / `image_trainable_layers`), where the
+  depth is known before any stage runs: a demo encoder's `layers`, or a local checkpoint's config.json;
 * that `pipeline.demo_encoders` lists exactly the demo models (raw/encoders/<name>) that enabled
   encoders and models use, so the demo CLIP is built only when something reads it.
 
@@ -23,6 +26,7 @@ edit re-runs this stage but nothing downstream because of it.
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 from typing import Any
@@ -116,7 +120,7 @@ def check_models(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> int:
                 raise ParamsError(
                     f"params.yaml: model {name!r} is listed in pipeline.{list_name} but has no train.{name} block"
                 )
-            hp, trainer = model_config(name, train[name])
+            hp, trainer = model_config(name, train[name], setting)
             wanted = getattr(hp, "modalities", None) or ()
             missing = [m for m in wanted if m not in cfg.modalities]
             if group != "id" and missing:
@@ -134,6 +138,37 @@ def check_models(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> int:
     return checked
 
 
+def encoder_depth(ref: str, params: dict[str, Any]) -> int | None:
+    """Blocks per tower of the encoder `ref` names: a demo encoder's `layers`, a local checkpoint's
+    config.json (the shallower tower of a dual encoder); None for a hub name (its stage checks it)."""
+    demo = params.get("demo_encoders") or {}
+    name = ref[len(f"{ENCODERS}/") :].strip("/") if ref.startswith(f"{ENCODERS}/") else None
+    if name in demo and isinstance(demo[name], dict) and isinstance(demo[name].get("layers"), int):
+        return demo[name]["layers"]
+    config = Path(ref) / "config.json"
+    if not config.is_file():
+        return None
+    try:
+        document = json.loads(config.read_text())
+    except ValueError:
+        return None  # the stage that loads it says what is wrong
+    towers = [document.get(k) for k in ("text_config", "vision_config") if isinstance(document.get(k), dict)]
+    depths = [t.get("num_hidden_layers") for t in towers or [document]]
+    depths = [d for d in depths if isinstance(d, int)]
+    return min(depths) if depths else None
+
+
+def check_encoder_depths(uses: list[tuple[str, int, str, str]], params: dict[str, Any]) -> None:
+    """Each (key, trainable top blocks, the key naming the encoder, the encoder) asks for at most the
+    encoder's depth; otherwise the stage would stop only after everything upstream of it ran."""
+    for key, n, model_key, ref in uses:
+        depth = encoder_depth(ref, params)
+        if depth is not None and n > depth:
+            raise ParamsError(
+                f"params.yaml: {key} = {n}, but {model_key} ({ref}) has {depth} blocks per tower; use at most {depth}"
+            )
+
+
 def run(params: dict[str, Any], out: Path = OUT) -> Path:
     params = declared(params, param_keys())
     cfg = pipeline.PipelineConfig.parse(params.get("pipeline"), "pipeline")
@@ -146,11 +181,20 @@ def run(params: dict[str, Any], out: Path = OUT) -> Path:
             encoders += 1
     models = check_models(cfg, params)
     EvaluateConfig.parse(params.get("evaluate"), "evaluate")
+    depths: list[tuple[str, int, str, str]] = []
     if cfg.train_datasets:
-        finetune_encoder.read_config(params)
+        tune, _ = finetune_encoder.read_config(params)
+        depths.append(("finetune.n_trainable_layers", tune.n_trainable_layers, "finetune.model", tune.model))
     if cfg.e2e_models:
-        e2e_config(params)
-    seq_refs = sequential.check_params(cfg, params)
+        e2e = e2e_config(params)
+        depths.append(("train.e2e.n_trainable_layers", e2e.n_trainable_layers, "train.e2e.model", e2e.model))
+    seq_refs = set()
+    for hp, variant in sequential.check_params(cfg, params):
+        where = f" (with seq.variants.{variant}.overrides)" if variant else ""
+        for tower, ref, n in sequential.encoders_used(hp):
+            depths.append((f"train.pmmrec.{tower}_trainable_layers{where}", n, f"train.pmmrec.{tower}_model", ref))
+            seq_refs.add(ref)
+    check_encoder_depths(depths, params)
     check_demo_encoders(cfg, params, seq_refs)
     write_text(out, CONTENT)
     log.info(

@@ -29,7 +29,7 @@ from mmpipe.io import read_json, write_json, write_parquet
 from mmpipe.log import get_logger
 from mmpipe.paths import PROCESSED, RUNS
 from mmpipe.threads import use_threads
-from models.core.evaluator import EvaluateConfig, evaluate
+from models.core.evaluator import EvaluateConfig, check_cutoffs, evaluate
 from stages.common.params import declared, run_stage
 from stages.train import E2E, E2E_KEYS, FLAGS, OPTIONAL_FLAGS, build_model, load_checkpoint, load_data, run_spec
 
@@ -95,6 +95,7 @@ def run(
     summary = read_json(files.train_summary)
 
     data, split = load_data(spec, processed)
+    check_cutoffs(cfg.topk, split.n_items, "evaluate.topk")
     hp = spec.cls.HParams.parse(checkpoint["hp"], f"{files.checkpoint} hp")
     net = build_model(spec, data, hp, declared_params, processed)
     net.load_state_dict(checkpoint["state_dict"])
@@ -118,7 +119,6 @@ def run(
         "users_skipped_no_train": int(len(test_users) - len(ranking.users)),
         "best_epoch": summary["best_epoch"],
         "epochs_run": summary["epochs_run"],
-        "seconds_per_epoch": summary["seconds_per_epoch"],
         "encoder_params_trained": summary.get("encoder_params_trained", 0),
         "eval_seconds": 0.0,
         "scores_cold_items": spec.cls.scores_cold_items,

@@ -66,7 +66,7 @@ COMMIT_SECONDS = 60.0  # ... or after this long, whichever comes first
 def param_keys(dataset: str, feature_set: str, modality: str) -> list[str]:
     return [
         f"features.{feature_set}.{modality}", "features.fill", "features.allow_download", "features.device",
-        "features.engine", "features.ray",
+        "features.engine", "features.ray", "features.num_threads",
     ]  # fmt: skip
 
 
@@ -79,6 +79,12 @@ class FeaturesOptions(Config):
     device: str = param("auto", doc="auto (a GPU when visible), cpu, cuda or cuda:N")
     engine: Literal["local", "ray"] = param("local", doc="encode in this process, or on Ray actors")
     ray: RayOptions = param(RayOptions(), doc="features.ray: where and how many encoder actors")
+    num_threads: int = param(
+        2,
+        ge=0,
+        doc="torch threads (local engine); 0: a fair share of the cores, but then the bytes of some "
+        "encoders (SBERT's) depend on the machine's load",
+    )
 
 
 def read_config(params: dict[str, Any], feature_set: str, modality: str) -> tuple[EncoderConfig, FeaturesOptions]:
@@ -138,6 +144,17 @@ class ItemInputs:
     def size(self, i: int) -> int:
         """Batching order: text by length (similar lengths pad little); images keep item order."""
         return len(self.texts[i]) if self.modality == "text" else 0
+
+
+def encode_chunk(model: Any, inputs: ItemInputs, indices: list[int], progress: Any) -> np.ndarray:
+    """The vectors of the items at `indices`; an input the encoder cannot read (damaged image bytes) is an
+    error naming the input file and the chunk's items."""
+    try:
+        return model.encode(inputs.fetch(indices), progress=progress)
+    except ValueError as exc:
+        source = inputs.images if inputs.modality == "image" else "items.parquet"
+        items = ", ".join(inputs.item_ids[i] for i in indices[:5]) + (" ..." if len(indices) > 5 else "")
+        raise ValueError(f"{source}: encoding items {items} failed: {exc}") from None
 
 
 def read_cached(cache_path: Path, journal: lmdb_store.Journal, keys: set[bytes]) -> dict[bytes, np.ndarray]:
@@ -227,9 +244,7 @@ def encode_missing(
             payloads = [inputs.fetch([todo[k] for k in keys]) for keys in chunks]
             results = ((chunks[i], emb) for i, emb in ray_engine.encode_chunks(model, payloads, options.ray, fp))
         else:
-            results = (
-                (keys, model.encode(inputs.fetch([todo[k] for k in keys]), progress=bar.update)) for keys in chunks
-            )
+            results = ((keys, encode_chunk(model, inputs, [todo[k] for k in keys], bar.update)) for keys in chunks)
         for keys, emb in results:
             if options is not None and options.engine == "ray":
                 bar.update(len(keys))
@@ -256,7 +271,7 @@ def run(
         return run_precomputed(ds, feature_set, modality, encoder, options)
     if not options.allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")  # read by huggingface_hub when transformers is imported
-    use_threads(None)
+    use_threads(options.num_threads)
     label = f"{dataset}/{feature_set}/{modality}"
     name = f"features.{feature_set}.{modality}"
     device = resolve_device(options.device, "features.device")

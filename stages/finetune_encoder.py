@@ -49,6 +49,7 @@ from models.core.dual_encoder import (
     set_gradient_checkpointing,
     text_features,
 )
+from models.core.trainer import EarlyStopping
 from stages.common.params import declared, run_stage
 
 log = get_logger("finetune_encoder")
@@ -67,7 +68,7 @@ class FinetuneConfig(Config):
     model: str = param("raw/encoders/demo-clip", doc="base dual encoder: hub name or local directory")
     n_trainable_layers: int = param(1, ge=0, doc="top transformer blocks of each tower that train (0: none)")
     epochs: int = param(5, ge=1)
-    patience: int = param(2, ge=1, doc="epochs without a lower valid loss before stopping")
+    patience: int = param(2, ge=1, doc="epochs without a lower valid loss tolerated; the next one stops")
     batch_size: int = param(64, ge=2, doc="pairs per step (the other pairs of a batch are the negatives)")
     lr: float = param(1.0e-4, gt=0)
     weight_decay: float = param(0.0, ge=0)
@@ -213,12 +214,12 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
     rng = np.random.default_rng(cfg.seed)
     valid_b = valid_batches(valid, cfg.batch_size)
 
-    best_loss = valid_loss(model, inputs, valid_b, cfg, device) if len(valid) else math.nan
-    best_state, best_epoch, stale = cpu_state(model), 0, 0
-    history: list[dict[str, Any]] = [
-        {"epoch": 0, "train_loss": None, "valid_loss": _rounded(best_loss), "seconds": 0.0}
-    ]
-    log.info("%s: epoch 0 (un-tuned %s) valid loss %.4f", dataset, cfg.model, best_loss)
+    stopping = EarlyStopping(cfg.patience, higher_is_better=False)
+    untuned = valid_loss(model, inputs, valid_b, cfg, device) if len(valid) else math.nan
+    stopping.update(untuned, 0)
+    best_state = cpu_state(model)
+    history: list[dict[str, Any]] = [{"epoch": 0, "train_loss": None, "valid_loss": _rounded(untuned), "seconds": 0.0}]
+    log.info("%s: epoch 0 (un-tuned %s) valid loss %.4f", dataset, cfg.model, untuned)
     if optimizer is None and len(train):
         log.warning("%s: finetune.n_trainable_layers = 0 freezes every parameter: the base model is written", dataset)
     train_seconds = 0.0
@@ -248,17 +249,15 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
                 "seconds": round(seconds, 3),
             }
         )
-        improved = loss_v < best_loss
+        improved = stopping.update(loss_v, epoch)
         if improved:
-            best_loss, best_state, best_epoch, stale = loss_v, cpu_state(model), epoch, 0
-        else:
-            stale += 1
+            best_state = cpu_state(model)
         log.info(
             "%s: epoch %d train loss %.4f valid loss %.4f%s (%.1f s)",
             dataset, epoch, train_loss, loss_v, " *" if improved else "", seconds,
         )  # fmt: skip
-        if stale >= cfg.patience:
-            log.info("%s: no lower valid loss for %d epochs, stopping", dataset, stale)
+        if stopping.stop:
+            log.info("%s: no lower valid loss for %d epochs, stopping", dataset, stopping.stale)
             break
 
     model.load_state_dict(best_state)
@@ -286,8 +285,8 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
         "dropped": int(inputs.n_items - len(pairs)),
         "train_pairs": len(train),
         "valid_pairs": len(valid),
-        "best_epoch": best_epoch,
-        "best_valid_loss": _rounded(best_loss),
+        "best_epoch": stopping.best_epoch,
+        "best_valid_loss": _rounded(stopping.best),
         "epochs_run": epochs_run,
         "history": history,
         "seconds_per_epoch": round(train_seconds / epochs_run, 4) if epochs_run else 0.0,
@@ -300,7 +299,7 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
     write_json(stats_path(ds), summary)
     log.info(
         "%s: fine-tuned %s, best valid loss %.4f at epoch %d of %d (%.2f s/epoch, %.0f pairs/s); saved to %s",
-        dataset, cfg.model, best_loss, best_epoch, epochs_run, summary["seconds_per_epoch"],
+        dataset, cfg.model, stopping.best, stopping.best_epoch, epochs_run, summary["seconds_per_epoch"],
         summary["items_per_second"], out,
     )  # fmt: skip
     return summary

@@ -58,6 +58,7 @@ class GraphsConfig(Config):
     user_co_k: int = param(50, ge=1, doc="user-user co-occurrence")
     item_co_k: int = param(10, ge=1, doc="item-item co-occurrence")
     block_mb: float = param(64, gt=0, doc="similarity scores per block")
+    num_threads: int = param(2, ge=0, doc="torch threads; 0: a fair share of the cores (bytes then may vary)")
 
 
 def rows_per_block(n_cols: int, block_mb: float) -> int:
@@ -133,7 +134,7 @@ def run(dataset: str, feature_set: str, params: dict[str, Any], processed: Path 
     params = declared(params, param_keys(dataset, feature_set))
     cfg = GraphsConfig.parse(params.get("graphs"), "graphs")
     modalities = pipeline.modalities(params)
-    use_threads(None)
+    use_threads(cfg.num_threads)
     ds = DatasetDir.of(dataset, processed)
     check_same_ingest(ds.interactions, ds.coldstart, ds.users, ds.items)
     n_users = len(read_parquet(ds.users, columns=["user_idx"]))

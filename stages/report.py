@@ -90,7 +90,10 @@ def collect(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[dict[str, Any
         for model, setting, feature_set, group in runs_of(cfg, dataset):
             files = RunFiles(run_dir(dataset, model, setting, feature_set, runs_root))
             if files.evaluation.is_file():
-                records.append({"dataset": dataset, "files": files, "group": group, **read_json(files.evaluation)})
+                times = read_json(files.train_times) if files.train_times.is_file() else {"seconds_per_epoch": 0.0}
+                records.append(
+                    {"dataset": dataset, "files": files, "group": group, **read_json(files.evaluation), **times}
+                )
     return records
 
 

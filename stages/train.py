@@ -3,7 +3,8 @@
 One stage per (dataset, model, setting[, feature set]). Writes, under `runs/<ds>/<model>/[<set>/]<setting>/`:
 `model.pt` (best state, hyperparameters, best epoch; byte-identical for equal weights, so a colleague's
 re-run matches the remote's hash), `history.csv` (one row per epoch: loss, validation metrics,
-seconds, for `dvc plots`) and `train.json` (best epoch, best validation metrics, timings).
+seconds, for `dvc plots`), `train.json` (best epoch, best validation metrics: what evaluate reads, the
+same bytes for the same training) and `train_times.json` (seconds; the report reads them).
 
 The training protocol is `train.common` (MMRec's: 1000 epochs, patience 20), changed per dataset by
 `train.datasets.<ds>` (the demo's short budget) and per model by `train.<model>.trainer`. The
@@ -141,7 +142,7 @@ def run_spec(
 def training_config(spec: RunSpec, params: dict[str, Any]) -> tuple[HParams, TrainConfig]:
     """The model's validated hyperparameters and the trainer settings for this dataset and model."""
     train = declared(params, param_keys(spec.dataset, spec.model, spec.setting, spec.group)).get("train") or {}
-    hp, trainer_overrides = model_config(spec.model, train.get(spec.model))
+    hp, trainer_overrides = model_config(spec.model, train.get(spec.model), spec.setting)
     per_dataset = train.get("datasets") or {}
     if not isinstance(per_dataset, Mapping):
         raise ParamsError(
@@ -249,8 +250,10 @@ def run(
         "best_epoch": result.best_epoch,
         "epochs_run": len(result.history),
         "best_valid": {k: round(v, 6) for k, v in result.best_valid.items()},
-        "seconds_per_epoch": round(sum(r["train_seconds"] for r in epochs) / len(epochs), 4) if epochs else 0.0,
         "encoder_params_trained": net.trained_encoder_params() if isinstance(net, EndToEnd) else 0,
+    }
+    times = {
+        "seconds_per_epoch": round(sum(r["train_seconds"] for r in epochs) / len(epochs), 4) if epochs else 0.0,
         "train_seconds": round(time.perf_counter() - start, 2),
     }
     if rank != 0:  # every process holds the same weights and history; one writes them
@@ -259,13 +262,14 @@ def run(
     write_bytes(files.checkpoint, checkpoint_bytes(result.best_state, hp, result.best_epoch))
     write_text(files.history, csv_text(result.history))
     write_json(files.train_summary, summary)
+    write_json(files.train_times, times)
     finish_distributed()
     log.info(
         "%s: best valid %s %.4f at epoch %d of %d (%.3f s/epoch), %.1f s",
         spec.label, cfg.valid_metric, result.best_valid.get(cfg.valid_metric, float("nan")), result.best_epoch,
-        len(result.history), summary["seconds_per_epoch"], summary["train_seconds"],
+        len(result.history), times["seconds_per_epoch"], times["train_seconds"],
     )  # fmt: skip
-    return summary
+    return {**summary, **times}
 
 
 def requested_processes(argv: list[str]) -> int:

@@ -274,3 +274,78 @@ def test_a_missing_model_gets_the_repair_for_where_it_should_come_from():
     assert "dvc repro pipelines/data/dvc.yaml:demo_encoder@demo-xlmr" in demo and "huggingface-cli" not in demo
     hub = offline_hint("features.xlmr.text.model", "xlm-roberta-base")
     assert "huggingface-cli download xlm-roberta-base" in hub and "set features.xlmr.text.model" in hub
+
+
+def test_a_ray_actor_encodes_as_the_driver_and_refuses_other_weights(tmp_path):
+    """The Ray engine's actor (stages/encoders/ray_engine.py, run here without Ray: it is a plain class)
+    gives the driver's vectors for a chunk, and an actor whose encoder at the same path holds other weights
+    (another node's copy) stops instead of mixing its vectors in. Mutation caught: the check removed."""
+    from stages.encoders.ray_engine import ChunkEncoder
+
+    path = build_roberta(tmp_path / "roberta", TINY, demo.vocabulary_texts())
+    cfg = {"model": str(path), "batch_size": 8, "max_tokens": 32, "pooling": "mean"}
+    driver = RobertaEncoder("roberta", cfg, allow_download=False)
+    fp = features.fingerprint(driver.fingerprint_parts)
+    texts = ["Soft rattle", "A foldable stroller", "Bib"]
+    actor = ChunkEncoder(driver.kind, driver.name, driver.cfg, False, fp)
+    out = actor({"chunk": np.array([7]), "inputs": np.array([texts], dtype=object)})
+    assert out["chunk"].tolist() == [7]
+    np.testing.assert_array_equal(out["vectors"][0], driver.encode(texts))
+    shutil.rmtree(path)
+    build_roberta(path, {**TINY, "seed": 2}, demo.vocabulary_texts())  # same path, other weights
+    with pytest.raises(RuntimeError, match="refusing to mix their vectors"):
+        ChunkEncoder(driver.kind, driver.name, driver.cfg, False, fp)
+
+
+def test_clip_image_features_match_a_preprocessing_written_out(demo_project):
+    """The encoder's vectors against CLIP's preprocessing done here by hand from the checkpoint's own
+    preprocessor_config.json (PIL bicubic resize of the shortest edge, centre crop, 1/255, mean/std), then
+    the vision tower and its projection: batched encoding and the reference do not share a
+    line of preprocessing code. Mutation caught: the channels swapped (BGR)."""
+    import io
+    import json
+
+    from PIL import Image
+
+    from mmpipe import lmdb_store
+
+    path = demo_project / "raw/encoders/demo-clip"
+    enc = ClipImageEncoder("clip_image", {"model": str(path), "batch_size": 4}, False)
+    with lmdb_store.reading(demo_project / "processed/demo/images.lmdb") as txn:
+        jpegs = [value for _, value in txn.cursor()][:6]
+    config = json.loads((path / "preprocessor_config.json").read_text())
+    short, crop = config["size"]["shortest_edge"], config["crop_size"]
+    pixels = []
+    for jpeg in jpegs:
+        image = Image.open(io.BytesIO(jpeg)).convert("RGB")
+        w, h = image.size
+        scale = short / min(w, h)
+        size = (int(w * scale), int(h * scale))  # the long edge floored, as CLIP's own Resize(short)
+        image = image.resize(size, resample=Image.Resampling(config["resample"]))
+        left, top = (image.width - crop["width"]) // 2, (image.height - crop["height"]) // 2
+        image = image.crop((left, top, left + crop["width"], top + crop["height"]))
+        x = np.asarray(image, dtype=np.float32) * config["rescale_factor"]
+        x = (x - np.array(config["image_mean"], np.float32)) / np.array(config["image_std"], np.float32)
+        pixels.append(x.transpose(2, 0, 1))
+    with torch.no_grad():
+        pooled = enc.model.vision_model(pixel_values=torch.from_numpy(np.stack(pixels))).pooler_output
+        reference = enc.model.visual_projection(pooled).numpy()
+    assert not enc.normalize  # clip_image's default: the projected features as CLIP gives them
+    np.testing.assert_allclose(enc.encode(jpegs), reference, atol=2e-5)
+
+
+def test_damaged_image_bytes_name_the_store_and_the_item(params, project, demo_project):
+    """One item's JPEG in images.lmdb overwritten (a store damaged after the images stage wrote it): the
+    features stage stops naming images.lmdb, the item and the repair, not Pillow's bare traceback."""
+    from mmpipe import lmdb_store
+
+    store = project / "demo/images.lmdb"
+    with lmdb_store.reading(store) as txn:
+        key = next(k for k, _ in txn.cursor())
+    lmdb_store.write_store(store, [(key, b"\x00not a jpeg at all")], base=store)
+    fs = use(params, "clip_image", model=str(demo_project / "raw/encoders/demo-clip"))
+    with pytest.raises(ValueError) as err:
+        features.run("demo", *fs, params, project)
+    message = str(err.value)
+    assert str(store) in message and key.decode() in message
+    assert "Pillow cannot read (18 bytes" in message and "the image store is damaged" in message

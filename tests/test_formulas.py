@@ -381,7 +381,7 @@ def test_lattice_item_graph_mixes_by_softmaxed_modal_weights_and_items_add_its_c
 def co_softmax(train: np.ndarray, k: int) -> np.ndarray:
     """REARM's co-occurrence graph over the rows of `train`: shared-column counts (no self), the k largest
     per row (ties: smaller index), softmax over the kept counts; a row with none links to the k most
-    popular rows with weights proportional to popularity."""
+    popular rows with weights softmax(their popularity shares), as the official code."""
     counts = train @ train.T
     np.fill_diagonal(counts, 0)
     popularity = train.sum(axis=1)
@@ -393,7 +393,8 @@ def co_softmax(train: np.ndarray, k: int) -> np.ndarray:
             out[r, keep] = e / e.sum()
         else:
             popular = [j for j in np.argsort(-popularity, kind="stable")[:k] if popularity[j] > 0]
-            out[r, popular] = popularity[popular] / popularity[popular].sum()
+            share = popularity[popular] / popularity[popular].sum()
+            out[r, popular] = np.exp(share) / np.exp(share).sum()
     return out
 
 
@@ -420,7 +421,10 @@ def test_rearm_softmax_rows_by_hand():
     popularity = np.array([5.0, 1.0, 2.0])
     got = softmax_rows(counts, popularity, 2).toarray()
     e = np.exp([2.0, 1.0])
-    np.testing.assert_allclose(got, [[0, e[0] / e.sum(), e[1] / e.sum()], [5 / 7, 0, 2 / 7], [0.5, 0.5, 0]], rtol=1e-6)
+    f = np.exp([5 / 7, 2 / 7])  # the empty row: softmax of the two most popular nodes' shares
+    np.testing.assert_allclose(
+        got, [[0, e[0] / e.sum(), e[1] / e.sum()], [f[0] / f.sum(), 0, f[1] / f.sum()], [0.5, 0.5, 0]], rtol=1e-6
+    )
 
 
 def test_rearm_position_attention_is_one_head_attention_over_the_positions():

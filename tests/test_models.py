@@ -212,7 +212,8 @@ def test_early_stopping_keeps_best_epoch(params, demo_ready):
     values = [r["valid_recall@20"] for r in result.history]
     assert len(values) < 60  # stopped early
     assert values[result.best_epoch - 1] == max(values) == pytest.approx(result.best_valid["recall@20"], abs=1e-6)
-    assert all(v <= max(values) for v in values[result.best_epoch :]) and len(values) - result.best_epoch == 3
+    # MMRec's rule (cur_step > stopping_step): 3 evaluations without improvement are tolerated, the 4th stops
+    assert all(v <= max(values) for v in values[result.best_epoch :]) and len(values) - result.best_epoch == 3 + 1
 
 
 def test_evaluate_refuses_weights_that_are_not_the_best_epochs(params, demo_ready, tmp_path, monkeypatch):
@@ -254,6 +255,21 @@ def test_training_is_reproducible_across_processes(params, demo_ready, tmp_path)
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
     a, b = (tmp_path / run / "demo/lightgcn/warm/model.pt" for run in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()  # nothing run-specific (file name, timings) inside
+
+
+def test_cut_offs_above_the_catalogue_are_refused_before_training_and_scoring(params, demo_ready, tmp_path):
+    """A cut-off above the number of items (66 in the tiny demo after its k-core) names its key before any
+    epoch runs, and in evaluate before anything is scored (it used to give Recall@K = Recall@66 under
+    another name)."""
+    params["train"]["common"]["valid_ks"] = [10, 100]
+    with pytest.raises(ValueError, match=r"train.common.valid_ks \(with valid_metric\) has cut-off\(s\) \[100\] above"):
+        train.run("demo", "pop", "warm", "id", params, processed=demo_ready, runs=tmp_path)
+    assert not (tmp_path / "demo/pop/warm").exists()
+    params["train"]["common"]["valid_ks"] = [10, 20]
+    train.run("demo", "pop", "warm", "id", params, processed=demo_ready, runs=tmp_path)
+    params["evaluate"]["topk"] = [5, 67]
+    with pytest.raises(ValueError, match=r"evaluate.topk has cut-off\(s\) \[67\] above the catalogue's 66 items"):
+        evaluate.run("demo", "pop", "warm", "id", params, processed=demo_ready, runs=tmp_path)
 
 
 def test_model_in_the_wrong_group_is_rejected(params, demo_ready, tmp_path):
@@ -322,3 +338,29 @@ def test_user_interest_is_the_mean_of_training_item_features():
     train = sp.csr_matrix(np.array([[1, 1, 0], [0, 0, 0], [0, 1, 1]], dtype=np.float32))
     feats = np.array([[1.0, 0.0], [3.0, 2.0], [5.0, 4.0]], dtype=np.float32)
     np.testing.assert_allclose(graphs.user_interests(train, feats), [[2.0, 1.0], [0.0, 0.0], [4.0, 3.0]])
+
+
+def test_early_stopping_is_mmrecs_rule():
+    """MMRec's early_stopping: cur_step counts evaluations without improvement and training stops when
+    cur_step > stopping_step; ties are not improvements; lower-is-better for losses."""
+    from models.core.trainer import EarlyStopping
+
+    stopping = EarlyStopping(patience=2)
+    seen = []
+    for epoch, value in enumerate([0.1, 0.3, 0.3, 0.2, 0.25, 0.4], start=1):
+        seen.append((stopping.update(value, epoch), stopping.stop))
+        if stopping.stop:
+            break
+    assert seen == [(True, False), (True, False), (False, False), (False, False), (False, True)]
+    assert (stopping.best, stopping.best_epoch) == (0.3, 2)
+    loss = EarlyStopping(patience=1, higher_is_better=False)
+    assert [loss.update(v, e) for e, v in enumerate([2.0, 1.5, 1.7, 1.4])] == [True, True, False, True]
+
+
+def test_a_models_cold_block_changes_the_cold_setting_only(params):
+    """MICRO's official cold-start runs use another lr than its warm ones: train.micro.cold says so."""
+    block = {**params["train"]["micro"], "cold": {"lr": 1e-5}}
+    assert model_config("micro", block, "warm")[0].lr == 5e-4
+    assert model_config("micro", block, "cold")[0].lr == 1e-5
+    with pytest.raises(ValueError, match=r"train.micro \(with train.micro.cold\) has unknown key 'lrr'"):
+        model_config("micro", {**block, "cold": {"lrr": 1e-5}}, "cold")

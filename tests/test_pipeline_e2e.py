@@ -24,7 +24,7 @@ from tests.conftest import ROOT, address, ranking_floors, stages_run, tiny_param
 
 PROJECT_FILES = [
     "mmpipe", "stages", "models", "dvc.yaml", "pipelines", "params.yaml", "reports/published.yaml",
-    "raw/encoders/README.md", "pyproject.toml", ".dvcignore", ".gitignore",
+    "raw/encoders/README.md", "raw/encoders/.gitignore", "pyproject.toml", ".dvcignore", ".gitignore",
 ]  # fmt: skip
 
 
@@ -171,6 +171,16 @@ def test_plots_html_renders_without_network(project):
 def test_second_repro_does_nothing(project):
     assert project.repro() == set()
     assert "up to date" in project.sh("dvc", "status")
+
+
+def test_retraining_to_the_same_weights_reruns_only_the_report(project):
+    """A forced re-train gives the same model.pt and train.json (the seconds are in train_times.json, which
+    only the report reads), so evaluate does not run again; the report does (it shows the new seconds)."""
+    run = project.path / "runs/demo/lightgcn/warm"
+    before = {name: (run / name).read_bytes() for name in ("model.pt", "train.json", "evaluation.json")}
+    project.sh("dvc", "repro", "--force", "--single-item", address("train_id@demo-lightgcn", project.path))
+    assert {name: (run / name).read_bytes() for name in before} == before
+    assert project.repro() == {"report"}
 
 
 def test_lightgcn_layers_rerun_only_lightgcn_and_report(project):

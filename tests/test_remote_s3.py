@@ -21,6 +21,7 @@ from pathlib import Path
 import boto3  # installed with the project (dvc-s3): a missing one fails `make test-remote`, never skips it
 import moto.server as moto_server  # a dev dependency: pip install -e '.[dev]'
 import pytest
+import yaml
 
 from tests.conftest import address, stages_run, tiny_params
 from tests.test_pipeline_e2e import Project, copy_project
@@ -87,8 +88,10 @@ def s3() -> S3:
 
 
 def add_remote(proj: Project, s3: S3, name: str, prefix: str, *, default: bool = True) -> None:
-    """What the README tells a user: the bucket in .dvc/config (committed), the rest in config.local."""
+    """What docs/sharing.md tells a user: the bucket and `verify true` in .dvc/config (committed), the rest
+    in config.local."""
     proj.sh("dvc", "remote", "add", *(["-d"] if default else []), name, f"s3://{BUCKET}/{prefix}")
+    proj.sh("dvc", "remote", "modify", name, "verify", "true")
     set_credentials(proj, s3, name)
 
 
@@ -260,3 +263,54 @@ def test_bad_remote_gives_a_clear_error_and_leaves_no_partial_state(pushed, s3, 
     expected = "Forbidden|403" if fault == "wrong secret" else "Could not connect to the endpoint URL"
     assert any(word in message for word in expected.split("|")), message[-2000:]
     assert workspace(work) == before  # no output, no half-written file
+
+
+def lock_md5(root: Path, path: str) -> str:
+    for lock in [root / "dvc.lock", *sorted(root.glob("pipelines/*/dvc.lock"))]:
+        for stage in yaml.safe_load(lock.read_text())["stages"].values():
+            for out in stage.get("outs", []):
+                if out["path"] == path:
+                    return out["md5"]
+    raise KeyError(path)
+
+
+def test_a_damaged_object_on_the_remote_is_refused_named_and_repaired(pushed, s3, tmp_path):
+    """Two bytes flipped in the remote's copy of items.parquet and of a file inside a tracked folder (the
+    export's text_feat.npy): a fresh clone's pull refuses it (`verify true`), `python -m mmpipe.remote verify` names the
+    objects and the files they hold, `--repair` deletes them (and the folder's manifest), a push from the
+    project sends them again, and the clone's pull then gives the project's bytes."""
+    client = s3.client()
+
+    def damage(md5: str) -> str:
+        key = f"store/files/md5/{md5[:2]}/{md5[2:]}"
+        body = bytearray(client.get_object(Bucket=BUCKET, Key=key)["Body"].read())
+        body[len(body) // 2] ^= 0xFF
+        body[-1] ^= 0xFF
+        client.put_object(Bucket=BUCKET, Key=key, Body=bytes(body))
+        return key
+
+    items = damage(lock_md5(pushed.path, "processed/demo/items.parquet"))
+    folder = lock_md5(pushed.path, "processed/demo/export/default")
+    entries = json.loads((pushed.path / f".dvc/cache/files/md5/{folder[:2]}/{folder[2:]}").read_text())
+    features = damage(next(e["md5"] for e in entries if e["relpath"] == "text_feat.npy"))
+    work = clone(pushed, s3, tmp_path / "colleague")
+    assert "in sync" in pushed.sh("dvc", "status", "-c")  # DVC compares names only: it cannot see the damage
+    proc = subprocess.run(["dvc", "pull"], cwd=work, env=pushed.env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode != 0
+    assert not (work / "processed/demo/items.parquet").exists()  # refused, not written
+
+    check = ["python", "-m", "mmpipe.remote", "verify"]
+    proc = subprocess.run(check, cwd=work, env=pushed.env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "2 of " in proc.stdout and items in proc.stdout and "holds processed/demo/items.parquet" in proc.stdout
+    assert features in proc.stdout and "holds processed/demo/export/default/text_feat.npy" in proc.stdout
+    proc = subprocess.run([*check, "--repair"], cwd=work, env=pushed.env, capture_output=True, text=True)
+    assert proc.returncode == 1 and "deleted 3 object(s)" in proc.stdout, proc.stdout + proc.stderr  # + the manifest
+    missing = pushed.sh("dvc", "status", "-c")  # the project now sees them missing on the remote
+    assert "processed/demo/items.parquet" in missing and "processed/demo/export/default" in missing
+    pushed.sh("dvc", "push")
+    proc = subprocess.run(check, cwd=work, env=pushed.env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0 and "objects of the remote match their names" in proc.stdout, proc.stdout
+    pushed.sh("dvc", "pull", cwd=work)
+    mine, theirs = cached_files(pushed.path), cached_files(work)
+    assert [p for p in mine if mine[p] != theirs.get(p)] == []

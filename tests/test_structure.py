@@ -211,6 +211,12 @@ def test_model_group_check_catches_a_misplaced_model_and_a_wrong_list():
         ("train.e2e.normalize", ["txt"], r"train.e2e.normalize\[0\] = 'txt': expected one of 'text', 'image'"),
         ("train.e2e.normalize", ["audio"], r"normalize\[0\] = 'audio': expected one of 'text', 'image'"),
         ("train.e2e.trainer", {"epochs": -5}, r"train \(for demo/vbpr, end to end\).epochs = -5: must be >= 1"),
+        # more top blocks than the encoder has: known from the demo encoder's `layers` before any stage runs
+        ("finetune.n_trainable_layers", 3, r"finetune.n_trainable_layers = 3, but finetune.model \(raw/encoders/demo"),
+        ("train.e2e.n_trainable_layers", 5, r"train.e2e.n_trainable_layers = 5, but train.e2e.model .* 2 blocks per"),
+        ("train.pmmrec.text_trainable_layers", 4, r"train.pmmrec.text_trainable_layers = 4, but .*demo-xlmr\) has 2 "),
+        ("seq.variants.full.overrides", {"image_trainable_layers": 3},
+         r"image_trainable_layers \(with seq.variants.full.overrides\) = 3, but train.pmmrec.image_model"),
         # DVC itself fails on these with "'Value' object is not iterable"; `make check` runs this first
         ("pipeline.transfer_targets", "demo_b", r"transfer_targets = 'demo_b': expected a list \(of strings\)"),
     ],

@@ -17,7 +17,6 @@ encoder trained by the recommendation loss). Both need the same four things, wri
 
 from __future__ import annotations
 
-import io
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,7 +31,7 @@ from tqdm import tqdm
 from mmpipe import lmdb_store
 from mmpipe.hf import ModelUnavailable, offline_hint, pick_output, resolve_model
 from mmpipe.io import read_parquet
-from mmpipe.schemas import ITEM_FIELDS, item_text
+from mmpipe.schemas import ITEM_FIELDS, decode_image, item_text
 
 TOWERS = ("text_model", "vision_model")
 FROZEN_STEMS = ("embeddings", "pre_layrnorm")  # what sits below the blocks in each tower
@@ -171,7 +170,6 @@ def prepare_items(
     Images are decoded, resized and cropped by the processor (without its rescale and normalise, so the
     pixels stay uint8: 150 KB an item at 224 px) in `workers` threads, chunk by chunk.
     """
-    from PIL import Image
 
     rows = read_parquet(items_parquet).to_pylist()
     texts = [item_text({k: row.get(k) for k in ITEM_FIELDS}, template) for row in rows]
@@ -190,7 +188,7 @@ def prepare_items(
         out = np.zeros((len(chunk), 3, *size), dtype=np.uint8)
         present = [i for i, j in enumerate(chunk) if j is not None]
         if present:
-            images = [Image.open(io.BytesIO(chunk[i])).convert("RGB") for i in present]
+            images = [decode_image(chunk[i], f"{images_lmdb}: an item's image") for i in present]
             arr = processor(images=images, do_rescale=False, do_normalize=False, return_tensors="np")["pixel_values"]
             out[present] = np.clip(np.rint(arr), 0, 255).astype(np.uint8)
         return out

@@ -36,6 +36,17 @@ class EvaluateConfig(Config):
             raise ParamsError(f"params.yaml: {where}.topk = []: expected at least one cut-off")
 
 
+def check_cutoffs(ks: Sequence[int], n_items: int, key: str) -> None:
+    """Every cut-off at most the catalogue: a K beyond it would rank items that do not exist (and make
+    Recall@K and Recall@n_items the same number under two names)."""
+    too_large = sorted(k for k in set(ks) if k > n_items)
+    if too_large:
+        raise ParamsError(
+            f"params.yaml: {key} has cut-off(s) {too_large} above the catalogue's {n_items} items; "
+            f"use cut-offs of at most {n_items}"
+        )
+
+
 def metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
     """hits[u, r] = 1 if the item at rank r (0-based) is relevant for user u; MMRec's formulas."""
     hits = hits.astype(np.float64)

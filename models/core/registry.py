@@ -62,17 +62,21 @@ def all_models() -> dict[str, type[Recommender]]:
     return dict(sorted(MODELS.items()))
 
 
-def model_config(name: str, block: Mapping[str, Any] | None) -> tuple[HParams, dict[str, Any]]:
-    """(validated hyperparameters, trainer overrides) of the `train.<name>` block.
+def model_config(name: str, block: Mapping[str, Any] | None, setting: str = "warm") -> tuple[HParams, dict[str, Any]]:
+    """(validated hyperparameters, trainer overrides) of the `train.<name>` block for a setting.
 
     With `preset: <p>`, the class's PRESETS[p] gives the values of its keys; `overrides:` changes keys on
     top of it. A key set both directly and by the preset is an error (say it under `overrides:`), so no
-    value is ever silently replaced.
+    value is ever silently replaced. `cold:` changes keys for the cold-start setting only, last (MICRO's
+    official cold-start runs train at another lr than its warm ones).
     """
     cls = get_model(name)
     where = f"train.{name}"
     block = dict(block or {})
     preset, overrides, trainer = block.pop("preset", None), block.pop("overrides", None), block.pop("trainer", None)
+    cold = block.pop("cold", None)
+    if cold is not None and not isinstance(cold, Mapping):
+        raise ParamsError(f"params.yaml: {where}.cold = {cold!r}: expected a mapping of {name}'s keys")
     values = dict(block)
     if preset is not None:
         if preset not in cls.PRESETS:
@@ -89,6 +93,9 @@ def model_config(name: str, block: Mapping[str, Any] | None) -> tuple[HParams, d
         if not isinstance(overrides, Mapping):
             raise ParamsError(f"params.yaml: {where}.overrides = {overrides!r}: expected a mapping")
         values.update(overrides)
+    if setting == "cold" and cold:
+        values.update(cold)
+        where = f"{where} (with {where}.cold)"
     hp = cls.HParams.parse(values, where)
     if trainer is not None and not isinstance(trainer, Mapping):
         raise ParamsError(f"params.yaml: {where}.trainer = {trainer!r}: expected a mapping of train.common keys")

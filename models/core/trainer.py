@@ -4,8 +4,8 @@ Each epoch shuffles the training pairs, draws one negative per pair uniformly fr
 have training interactions (so an unseen, cold item is never pushed down as a negative), rejects
 negatives the user has interacted with, and takes Adam steps on the model's loss. After every
 `eval_every` epochs the model ranks all items for the validation users; the best state by
-`valid_metric` is kept, and training stops after `patience` evaluations without improvement
-(MMRec's `stopping_step`).
+`valid_metric` is kept, and training stops at the (patience + 1)-th evaluation in a row without
+improvement (MMRec's `stopping_step`, `EarlyStopping`).
 
 Under torchrun (N processes, `train.processes`), the model is wrapped in DistributedDataParallel: every
 process draws the same permutation (and the same per-epoch resampling, e.g. FREEDOM's pruning), takes
@@ -35,7 +35,7 @@ from mmpipe.devices import autocast
 from mmpipe.distributed import distributed
 from mmpipe.threads import use_threads
 from models.core.base import Recommender, TrainData
-from models.core.evaluator import METRICS, evaluate
+from models.core.evaluator import METRICS, check_cutoffs, evaluate
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,9 @@ class TrainConfig(Config):
 
     seed: int = param(2026)
     epochs: int = param(1000, ge=1, doc="MMRec's protocol: 1000 epochs")
-    patience: int = param(20, ge=1, doc="evaluations without improvement before stopping (MMRec's stopping_step)")
+    patience: int = param(
+        20, ge=1, doc="evaluations without improvement tolerated; the next one stops (MMRec's stopping_step)"
+    )
     batch_size: int = param(2048, ge=1)
     lr: float = param(1e-3, gt=0)
     eval_every: int = param(1, ge=1)
@@ -83,6 +85,38 @@ class FitResult:
     best_epoch: int
     best_valid: dict[str, float]
     history: list[dict[str, float]]
+
+
+@dataclass
+class EarlyStopping:
+    """The best value so far, its epoch, and MMRec's stopping rule, one home for every training loop here
+    (recommenders, PMMRec, the encoder fine-tuning).
+
+    MMRec's `early_stopping` counts evaluations without improvement in `cur_step` and stops when
+    `cur_step > stopping_step`, as the official MICRO and REARM code: `patience` such evaluations are
+    tolerated and the next one stops. Ties are not improvements (the earlier epoch stays the best).
+    """
+
+    patience: int
+    higher_is_better: bool = True
+    best: float | None = None
+    best_epoch: int = 0
+    stale: int = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an evaluation; True when it is the best so far (the caller keeps its weights)."""
+        higher = self.best is not None and value > self.best
+        lower = self.best is not None and value < self.best
+        better = self.best is None or (higher if self.higher_is_better else lower)
+        if better:
+            self.best, self.best_epoch, self.stale = value, epoch, 0
+        else:
+            self.stale += 1
+        return better
+
+    @property
+    def stop(self) -> bool:
+        return self.stale > self.patience
 
 
 def seed_everything(seed: int, device: torch.device | None = None) -> np.random.Generator:
@@ -141,6 +175,7 @@ def fit(
     With `num_threads` 0, torch's threads are this process's fair share of the cores, recounted every
     epoch (`mmpipe.threads`); a positive value is used as is; None leaves them alone.
     """
+    check_cutoffs(cfg.ks, data.n_items, "train.common.valid_ks (with valid_metric)")
     rng = seed_everything(cfg.seed, model.device)
     rank, world = distributed()
     neg_rng = rng if world == 1 else np.random.default_rng([cfg.seed, rank])  # negatives differ per process
@@ -166,9 +201,9 @@ def fit(
     optimizer = model.make_optimizer(model.lr if model.lr is not None else cfg.lr)
     step_loss = model.loss if world == 1 else _ddp_loss(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: model.lr_decay ** (e / 50))
-    best_value, best_epoch, best_valid = -math.inf, 0, {}
+    stopping = EarlyStopping(cfg.patience)
+    best_valid: dict[str, float] = {}
     best_state = state_on_cpu(model)
-    stale = 0
     device = model.device
     model.train()
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress or rank != 0)
@@ -199,11 +234,8 @@ def fit(
             metrics, eval_s = validate()
             row.update(_prefixed(metrics))
             value = metrics[cfg.valid_metric]
-            if value > best_value:
-                best_value, best_epoch, best_valid, stale = value, epoch, metrics, 0
-                best_state = state_on_cpu(model)
-            else:
-                stale += 1
+            if stopping.update(value, epoch):
+                best_valid, best_state = metrics, state_on_cpu(model)
             row["eval_seconds"] = round(eval_s, 3)
             bar.set_postfix(loss=f"{row['loss']:.4f}", **{cfg.valid_metric: f"{value:.4f}"})
         row["train_seconds"] = round(train_s, 3)
@@ -214,14 +246,16 @@ def fit(
                 epoch,
                 row["loss"],
                 cfg.valid_metric,
-                best_value,
-                best_epoch,
+                stopping.best,
+                stopping.best_epoch,
             )
-        if stale >= cfg.patience:
-            log.info("early stop at epoch %d: no better valid %s for %d evaluations", epoch, cfg.valid_metric, stale)
+        if stopping.stop:
+            log.info(
+                "early stop at epoch %d: no better valid %s for %d evaluations", epoch, cfg.valid_metric, stopping.stale
+            )
             break
     bar.close()
-    return FitResult(best_state, best_epoch, best_valid, history)
+    return FitResult(best_state, stopping.best_epoch, best_valid, history)
 
 
 class _LossModule(torch.nn.Module):

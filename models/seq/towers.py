@@ -17,13 +17,14 @@ twelve blocks trained). Memory: items x tokens x hidden x 4 bytes per tower (XLM
 
 from __future__ import annotations
 
-import io
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 from torch import nn
+
+from mmpipe.schemas import decode_image
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5  # PMMRec's normalisation of CLIP inputs
 
@@ -182,8 +183,7 @@ def decode_images(jpegs: Sequence[bytes | None], size: int) -> tuple[torch.Tenso
     for i, data in enumerate(jpegs):
         if data is None:
             continue
-        with Image.open(io.BytesIO(data)) as img:
-            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BICUBIC)
+        rgb = decode_image(data, f"image {i + 1} of {len(jpegs)}").resize((size, size), Image.Resampling.BICUBIC)
         out[i] = np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)
         has[i] = True
     return torch.from_numpy(out), has

@@ -26,8 +26,8 @@ from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import autocast
 from mmpipe.distributed import distributed
 from mmpipe.threads import use_threads
-from models.core.evaluator import evaluate
-from models.core.trainer import FitResult, seed_everything, state_on_cpu
+from models.core.evaluator import check_cutoffs, evaluate
+from models.core.trainer import EarlyStopping, FitResult, seed_everything, state_on_cpu
 from models.seq.data import Sequences, left_pad, training_batch
 
 
@@ -37,7 +37,7 @@ class SeqTrainConfig(Config):
 
     seed: int = param(2026)
     epochs: int = param(20, ge=1)
-    patience: int = param(5, ge=1, doc="epochs without a better validation metric before stopping")
+    patience: int = param(5, ge=1, doc="epochs without a better validation metric tolerated; the next one stops")
     batch_size: int = param(64, ge=2, doc="sequences per step (PMMRec: 32 per GPU)")
     max_seq_len: int = param(20, ge=2, doc="items per sequence (PMMRec: 20)")
     lr: float = param(1e-3, gt=0, doc="user encoder, fusion, projections, heads (PMMRec: 1e-4)")
@@ -115,8 +115,10 @@ def fit_sequential(
         )
     optimizer = torch.optim.AdamW(param_groups(module, cfg))
     ks = sorted(set(cfg.ks))
+    check_cutoffs(ks, module.n_items, "seq.train.ks")
     history: list[dict[str, float]] = []
-    best_value, best_epoch, best_valid, stale = -math.inf, 0, {}, 0
+    stopping = EarlyStopping(cfg.patience)
+    best_valid: dict[str, float] = {}
     best_state = state_on_cpu(module)
     bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress or rank != 0)
     for epoch in bar:
@@ -157,22 +159,19 @@ def fit_sequential(
         }
         history.append(row)
         value = metrics[cfg.valid_metric]
-        if value > best_value:
-            best_value, best_epoch, best_valid, stale = value, epoch, metrics, 0
-            best_state = state_on_cpu(module)
-        else:
-            stale += 1
+        if stopping.update(value, epoch):
+            best_valid, best_state = metrics, state_on_cpu(module)
         if rank == 0:
             log.info(
                 "epoch %d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s",
-                epoch, row.get("loss", math.nan), cfg.valid_metric, value, best_value, best_epoch, train_s,
+                epoch, row.get("loss", math.nan), cfg.valid_metric, value, stopping.best, stopping.best_epoch, train_s,
             )  # fmt: skip
-        if stale >= cfg.patience:
+        if stopping.stop:
             break
     bar.close()
     if world > 1:
         dist.barrier()
-    return FitResult(best_state, best_epoch, best_valid, history)
+    return FitResult(best_state, stopping.best_epoch, best_valid, history)
 
 
 def module_device(model: nn.Module) -> torch.device:

@@ -163,23 +163,28 @@ def _split(rows: list, sizes: list[int]) -> list[list]:
     return out
 
 
-def check_params(pipeline_cfg: Any, params: dict[str, Any]) -> set[str]:
-    """Validate every PMMRec block the pipeline will use; return the model references they load."""
-    refs: set[str] = set()
+def check_params(pipeline_cfg: Any, params: dict[str, Any]) -> list[tuple[PMMRec.HParams, str | None]]:
+    """Validate every PMMRec block the pipeline will use; return each setting's hyperparameters and the
+    transfer variant whose overrides made them (None: pre-training's, train.pmmrec alone)."""
     if not (pipeline_cfg.pretrain_sources or pipeline_cfg.transfer_targets):
-        return refs
-    settings = [(model_hparams(params), "pre-training")]
+        return []
+    settings: list[tuple[PMMRec.HParams, str | None]] = [(model_hparams(params), None)]
     train_config(params, (params.get("seq") or {}).get("pretrain"), where="seq.train (+ seq.pretrain)")
     for name in pipeline_cfg.transfer_variants:
         spec = read_variant(params, name)
         settings.append((model_hparams(params, spec.overrides), name))
         train_config(params, spec.train, where=f"seq.train (+ seq.variants.{name}.train)")
-    for hp, _ in settings:
-        if hp.item_tower in ("modal", "text"):
-            refs.add(hp.text_model)
-        if hp.item_tower in ("modal", "image"):
-            refs.add(hp.image_model)
-    return refs
+    return settings
+
+
+def encoders_used(hp: PMMRec.HParams) -> list[tuple[str, str, int]]:
+    """(text or image, the encoder it loads, its trainable top blocks) for the towers `hp` builds."""
+    used = []
+    if hp.item_tower in ("modal", "text"):
+        used.append(("text", hp.text_model, hp.text_trainable_layers))
+    if hp.item_tower in ("modal", "image"):
+        used.append(("image", hp.image_model, hp.image_trainable_layers))
+    return used
 
 
 def encoder_params(model: PMMRec) -> dict[str, int]:

@@ -20,7 +20,6 @@ raises ModelUnavailable with the model's name and how to point the param at a lo
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,6 +31,7 @@ import torch
 from mmpipe.config import Config, ParamsError, param
 from mmpipe.hf import ModelUnavailable, offline_hint, pick_output, resolve_model
 from mmpipe.io import sha256_tree
+from mmpipe.schemas import decode_image
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 MMREC_TEMPLATE = "{title} {brand} {categories} {description}"  # MMRec's item text
@@ -297,9 +297,7 @@ class ClipImageEncoder(Encoder):
         return emb
 
     def _pixels(self, jpegs: Sequence[bytes]) -> torch.Tensor:
-        from PIL import Image
-
-        images = [Image.open(io.BytesIO(b)).convert("RGB") for b in jpegs]
+        images = [decode_image(b, f"image {n + 1} of {len(jpegs)} in a batch") for n, b in enumerate(jpegs)]
         return self.processor(images=images, return_tensors="pt")["pixel_values"].to(self.dtype)
 
     def encode(self, inputs: Sequence[bytes], progress: Callable[[int], Any] | None = None) -> np.ndarray:
