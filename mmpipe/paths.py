@@ -173,3 +173,8 @@ class RunFiles:
     @property
     def topk(self) -> Path:
         return self.root / "topk.parquet"
+
+    @property
+    def per_user(self) -> Path:
+        """Each evaluated user's test metrics (the report's paired significance tests read them)."""
+        return self.root / "per_user.parquet"

@@ -1,4 +1,5 @@
-"""Stage `evaluate`: full-ranking test metrics of a trained model -> `metrics.json`, `evaluation.json`, `topk.parquet`.
+"""Stage `evaluate`: full-ranking test metrics of a trained model -> `metrics.json`, `evaluation.json`,
+`topk.parquet` (each user's ranked list) and `per_user.parquet` (each user's metrics, for paired tests).
 
 Warm setting: test users of interactions.parquet, ranked over all items with their training items
 masked. Cold setting: the MICRO protocol, test interactions are those with cold items (never seen
@@ -29,7 +30,7 @@ from mmpipe.io import read_json, write_json, write_parquet
 from mmpipe.log import get_logger
 from mmpipe.paths import PROCESSED, RUNS
 from mmpipe.threads import use_threads
-from models.core.evaluator import EvaluateConfig, check_cutoffs, evaluate
+from models.core.evaluator import EvaluateConfig, check_cutoffs, evaluate, per_user_metrics
 from stages.common.params import declared, run_stage
 from stages.train import E2E, E2E_KEYS, FLAGS, OPTIONAL_FLAGS, build_model, load_checkpoint, load_data, run_spec
 
@@ -107,6 +108,7 @@ def run(
     check_best_weights(rescored, recorded, str(files.checkpoint))
     ks = sorted(set(cfg.topk))
     metrics, ranking = evaluate(scorer, split.train, split.test, ks, cfg.batch_users, spec.device)
+    per_user = per_user_metrics(ranking.hits, ranking.n_relevant, ks)
 
     test_users = np.flatnonzero(np.diff(split.test.indptr) > 0)
     result: dict[str, Any] = {
@@ -142,6 +144,15 @@ def run(
                 "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)),
                 "item_idx": pa.array(ranking.topk.reshape(-1).astype(np.int32)),
                 "score": pa.array(ranking.scores.reshape(-1).astype(np.float32)),
+            }
+        ),
+    )
+    write_parquet(
+        files.per_user,
+        pa.table(
+            {
+                "user_idx": pa.array(ranking.users.astype(np.int32)),
+                **{name: pa.array(values.astype(np.float32)) for name, values in sorted(per_user.items())},
             }
         ),
     )

@@ -15,15 +15,16 @@ import csv
 import io
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import yaml
 
 from mmpipe.config import ParamsError
-from mmpipe.io import atomic_dir, read_json, write_text
+from mmpipe.io import atomic_dir, read_json, read_parquet, write_text
 from mmpipe.log import get_logger
 from mmpipe.paths import REPORTS, RUNS, RunFiles, pretrain_dir, run_dir
 from stages.common import pipeline
@@ -35,6 +36,13 @@ log = get_logger("report")
 PUBLISHED_FILE = REPORTS / "published.yaml"
 METRIC_ORDER = ("recall", "ndcg", "precision", "map")
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")  # what published tables report
+TESTED_METRIC = "recall@20"  # the per-user metric the paired tests compare
+ALPHA = 0.05
+SIGNIFICANCE_NOTE = (
+    f"vs best: the difference in test {TESTED_METRIC} to the table's best model, and the two-sided Wilcoxon "
+    f"signed-rank test over the users both ranked (paired per user, zero differences dropped), its p-values "
+    f"Holm-adjusted over the table's comparisons; * marks p < {ALPHA}."
+)
 
 
 LMM_GROUPS = ("lmm", "e2e")  # LMM4Rec's runs: their own table per dataset
@@ -145,6 +153,57 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path, metric: str) -> li
     return written
 
 
+def holm(pvalues: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of m p-values (family-wise error): the i-th smallest is multiplied by
+    m - i + 1 (i from 1), made non-decreasing in that order, capped at 1; returned in the input order."""
+    m = len(pvalues)
+    adjusted = [0.0] * m
+    running = 0.0
+    for i, index in enumerate(sorted(range(m), key=lambda j: pvalues[j])):
+        running = max(running, min(1.0, (m - i) * pvalues[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def paired_wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
+    """Two-sided p-value of the Wilcoxon signed-rank test of paired per-user values (zero differences
+    dropped, as scipy's default); 1.0 when every pair is equal."""
+    from scipy.stats import wilcoxon
+
+    if not np.any(a != b):
+        return 1.0
+    return float(wilcoxon(a, b).pvalue)
+
+
+def versus_best(recs: list[dict[str, Any]], metric: str = TESTED_METRIC) -> dict[str, str]:
+    """Each run's cell "difference to the best (Holm-adjusted p)" by run label; the best run's is "best".
+
+    The per-user values come from each run's per_user.parquet (the evaluate stage's), paired on user_idx;
+    a run without that file (written before it existed) gets "-".
+    """
+    scored = [r for r in recs if metric in r["test"]]
+    if len(scored) < 2:
+        return {}
+    best = max(scored, key=lambda r: r["test"][metric])
+    cells = {run_label(best): "best"}
+    if not best["files"].per_user.is_file():
+        return cells
+    reference = read_parquet(best["files"].per_user, columns=["user_idx", metric]).to_pandas()
+    others, pvalues, deltas = [], [], []
+    for rec in scored:
+        if rec is best or not rec["files"].per_user.is_file():
+            continue
+        values = read_parquet(rec["files"].per_user, columns=["user_idx", metric]).to_pandas()
+        paired = reference.merge(values, on="user_idx", suffixes=("_best", ""))
+        others.append(run_label(rec))
+        pvalues.append(paired_wilcoxon(paired[f"{metric}_best"].to_numpy(), paired[metric].to_numpy()))
+        deltas.append(rec["test"][metric] - best["test"][metric])
+    for label, delta, p in zip(others, deltas, holm(pvalues), strict=True):
+        shown = f"p {p:.2g}" if p >= 1e-4 else "p < 1e-4"
+        cells[label] = f"{delta:+.4f} ({shown}){' *' if p < ALPHA else ''}"
+    return cells
+
+
 def dataset_section(
     dataset: str, setting: str, recs: list[dict[str, Any]], published: Published | None, valid_metric: str
 ) -> list[str]:
@@ -159,7 +218,9 @@ def dataset_section(
             "",
         ]
     columns = [c for c in TABLE_METRICS if any(c in r["test"] for r in recs)]
+    versus = versus_best(recs)
     header = ["model", *columns, f"valid {valid_metric}", "users", "best epoch", "s/epoch"]
+    header += ["vs best"] if versus else []
     if published:
         header += ["published recall@20", "published ndcg@20"]
     rows = []
@@ -173,11 +234,14 @@ def dataset_section(
             str(rec["best_epoch"]),
             f"{rec['seconds_per_epoch']:.3f}",
         ]
+        row += [versus.get(run_label(rec), "-")] if versus else []
         if published:
             pub = published.results.get(rec["model"], {})
             row += [f"{pub[m]:.4f}" if m in pub else "-" for m in ("recall@20", "ndcg@20")]
         rows.append(row)
     md += [markdown_table(rows, header), ""]
+    if versus:
+        md += [SIGNIFICANCE_NOTE, ""]
     if published:
         md += [f"Published ({published.name}): {published.source}; split: {published.split}.", ""]
     return md

@@ -91,3 +91,17 @@ def test_stable_topk_equals_a_stable_full_sort_with_many_ties():
     assert torch.equal(
         stable_topk(distinct, 20)[1], torch.sort(distinct, dim=1, descending=True, stable=True)[1][:, :20]
     )
+
+
+def test_per_user_metrics_average_to_the_reported_ones():
+    from models.core.evaluator import metrics_from_hits, per_user_metrics
+
+    hits = np.array([[1, 0, 1], [0, 0, 0], [0, 1, 0]], dtype=bool)
+    n_relevant = np.array([2, 1, 3])
+    per_user = per_user_metrics(hits, n_relevant, [2, 3])
+    np.testing.assert_allclose(per_user["recall@3"], [1.0, 0.0, 1 / 3])
+    np.testing.assert_allclose(
+        per_user["ndcg@2"], [1.0 / (1 + 1 / np.log2(3)), 0.0, (1 / np.log2(3)) / (1 + 1 / np.log2(3))]
+    )
+    means = metrics_from_hits(hits, n_relevant, [2, 3])
+    assert means == {name: pytest.approx(float(values.mean())) for name, values in per_user.items()}

@@ -72,3 +72,44 @@ def test_report_without_runs_says_what_to_do(tmp_path, params):
     with pytest.raises(FileNotFoundError, match="run evaluate first"):
         report.run(params, tmp_path / "runs", tmp_path / "reports")
     assert not (tmp_path / "reports/results.md").exists()
+
+
+def test_holm_adjustment_by_hand():
+    # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, max(0.04, 1 x 0.04) -> 0.03, 0.04, 0.04
+    assert report.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert report.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1, non-decreasing
+
+
+def test_each_model_is_tested_against_the_best_over_the_same_users(tmp_path, params):
+    """The warm table's "vs best" column: each run's per-user Recall@20 paired with the best run's on
+    user_idx, scipy's two-sided Wilcoxon signed-rank test, Holm-adjusted over the table's comparisons."""
+    import numpy as np
+    import pyarrow as pa
+    from scipy.stats import wilcoxon
+
+    from mmpipe.io import write_parquet
+
+    runs = tmp_path / "runs"
+    params["pipeline"].update(datasets=["demo"], train_datasets=["demo"], id_models=["pop", "bpr", "lightgcn"],
+                              feature_models=[], graph_models=[], cold_feature_models=[], cold_graph_models=[],
+                              lmm4rec_models=[], e2e_models=[])  # fmt: skip
+    rng = np.random.default_rng(0)
+    users = np.arange(40, dtype=np.int32)
+    values = {"lightgcn": rng.uniform(0.3, 1.0, 40)}
+    values["bpr"] = np.clip(values["lightgcn"] - rng.uniform(0.0, 0.4, 40), 0, 1)  # clearly worse, every user
+    values["pop"] = values["lightgcn"].copy()
+    values["pop"][:3] -= 0.05  # worse on 3 users only
+    for model, per_user in values.items():
+        write_run(runs, "demo", model, "warm", float(per_user.mean()) * 20, feature_set=None)
+        run = runs / "demo" / model / "warm"
+        order = users[::-1] if model == "pop" else users  # paired on user_idx, not on row order
+        write_parquet(run / "per_user.parquet", pa.table({"user_idx": order, "recall@20": per_user[order]}))
+    text = report.run(params, runs, tmp_path / "reports")
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    assert rows["lightgcn"].endswith("| best |")
+    p_bpr = wilcoxon(values["lightgcn"], values["bpr"]).pvalue
+    p_pop = wilcoxon(values["lightgcn"], values["pop"]).pvalue
+    adjusted = report.holm([p_pop, p_bpr])
+    assert "(p < 1e-4) *" in rows["bpr"] and adjusted[1] < 1e-4  # p shown as a bound below 1e-4
+    assert f"(p {adjusted[0]:.2g})" in rows["pop"] and adjusted[0] >= 0.05 and "*" not in rows["pop"].split("|")[-2]
+    assert "Wilcoxon signed-rank" in text and "Holm-adjusted" in text

@@ -47,8 +47,9 @@ def check_cutoffs(ks: Sequence[int], n_items: int, key: str) -> None:
         )
 
 
-def metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    """hits[u, r] = 1 if the item at rank r (0-based) is relevant for user u; MMRec's formulas."""
+def per_user_metrics(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]) -> dict[str, np.ndarray]:
+    """hits[u, r] = 1 if the item at rank r (0-based) is relevant for user u; each user's value of every
+    metric (MMRec's formulas), what the paired significance tests compare."""
     hits = hits.astype(np.float64)
     n_relevant = n_relevant.astype(np.float64)
     max_k = hits.shape[1]
@@ -59,17 +60,22 @@ def metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int
     ideal = np.cumsum(discounts)
     prec_at = cum_hits / positions
     ap_sum = np.cumsum(prec_at * hits, axis=1)
-    out: dict[str, float] = {}
+    out: dict[str, np.ndarray] = {}
     for k in ks:
         if k > max_k:
             raise ValueError(f"metric cut-off {k} exceeds the ranked list length {max_k}")
         capped = np.minimum(n_relevant, k)
         idcg = ideal[capped.astype(int) - 1]
-        out[f"recall@{k}"] = float(np.mean(cum_hits[:, k - 1] / n_relevant))
-        out[f"ndcg@{k}"] = float(np.mean(dcg[:, k - 1] / idcg))
-        out[f"precision@{k}"] = float(np.mean(cum_hits[:, k - 1] / k))
-        out[f"map@{k}"] = float(np.mean(ap_sum[:, k - 1] / capped))
+        out[f"recall@{k}"] = cum_hits[:, k - 1] / n_relevant
+        out[f"ndcg@{k}"] = dcg[:, k - 1] / idcg
+        out[f"precision@{k}"] = cum_hits[:, k - 1] / k
+        out[f"map@{k}"] = ap_sum[:, k - 1] / capped
     return out
+
+
+def metrics_from_hits(hits: np.ndarray, n_relevant: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
+    """The metrics averaged over users (`per_user_metrics`)."""
+    return {name: float(np.mean(values)) for name, values in per_user_metrics(hits, n_relevant, ks).items()}
 
 
 def stable_topk(scores: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
