@@ -37,7 +37,8 @@ def gpu_params() -> dict:
     )  # fmt: skip
     params["demo_encoders"]["demo-xlmr"].update(hidden_size=32, vocab_size=400)
     params["train"]["pmmrec"].update(embedding_size=32)
-    params["seq"]["train"].update(epochs=2, batch_size=16, max_seq_len=6, precision=params["train"]["common"]["precision"])
+    precision = params["train"]["common"]["precision"]
+    params["seq"]["train"].update(epochs=2, batch_size=16, max_seq_len=6, precision=precision)
     params["seq"]["pretrain"] = {"epochs": 2}
     return params
 
@@ -56,7 +57,8 @@ def test_the_tiny_dag_runs_on_the_device(tmp_path):
     for variant in ("sasrec", "full"):
         summary = json.loads((root / f"runs/demo/pmmrec/{variant}/train.json").read_text())
         assert summary["device"].startswith(DEVICE)
-        assert 0 < json.loads((root / f"runs/demo/pmmrec/{variant}/evaluation.json").read_text())["test"]["hr@50"]
+        evaluation = json.loads((root / f"runs/demo/pmmrec/{variant}/evaluation.json").read_text())
+        assert evaluation["test"]["hr@50"] > 0
     stats = json.loads((root / "processed/demo/finetune_stats.json").read_text())
     assert stats["device"].startswith(DEVICE)
     assert project.repro() == set()
