@@ -19,13 +19,12 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import yaml
 from tqdm import tqdm
 
 CHUNK = 1 << 20
@@ -48,19 +47,15 @@ def md5_of(fs: Any, path: str) -> str:
     return digest.hexdigest()
 
 
-def lock_outputs(root: Path) -> dict[str, list[str]]:
-    """md5 -> the workspace paths recorded with it, from every dvc.lock (and .dvc file) of the project."""
+def tracked_outputs(repo: Any) -> dict[str, list[str]]:
+    """md5 -> the workspace paths recorded with it: every output of every stage (and .dvc file) as DVC's
+    own index reads them from the dvc.yaml and dvc.lock files."""
     owners: dict[str, list[str]] = defaultdict(list)
-    files = [*root.glob("dvc.lock"), *root.glob("pipelines/*/dvc.lock"), *root.glob("**/*.dvc")]
-    for path in files:
-        if ".dvc" in path.parts or ".git" in path.parts:
-            continue
-        document = yaml.safe_load(path.read_text()) or {}
-        entries = [entry for stage in (document.get("stages") or {}).values() for entry in stage.get("outs", [])]
-        entries += document.get("outs", [])
-        for entry in entries:
-            if entry.get("md5") and entry["path"] not in owners[entry["md5"]]:
-                owners[entry["md5"]].append(entry["path"])
+    for out in repo.index.outs:
+        oid = out.hash_info.value if out.hash_info else None
+        path = os.path.relpath(out.fs_path, repo.root_dir)
+        if oid and path not in owners[oid]:
+            owners[oid].append(path)
     return owners
 
 
@@ -74,11 +69,11 @@ def manifest(fs: Any, path: str) -> list[dict[str, str]]:
     return [e for e in entries if isinstance(e, dict) and "md5" in e and "relpath" in e]
 
 
-def file_owners(root: Path, odbs: list[Any]) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
+def file_owners(repo: Any, odbs: list[Any]) -> tuple[dict[str, list[str]], dict[str, set[str]]]:
     """(md5 -> workspace paths, md5 -> the `.dir` objects of the folders that contain it), the files inside
     tracked folders included (their manifests read from the first of `odbs` that has them: the local cache,
     then the remote)."""
-    owners = lock_outputs(root)
+    owners = tracked_outputs(repo)
     folders: dict[str, set[str]] = defaultdict(set)
     for oid, paths in list(owners.items()):
         if not oid.endswith(".dir"):
@@ -97,7 +92,7 @@ def verify(repo: Any, remote: str | None = None, progress: bool = True) -> tuple
     """(objects checked, the bad ones) of `remote` (the default remote when None)."""
     odb = repo.cloud.get_remote_odb(remote, "verify")
     oids = sorted(odb.all())
-    owners, folders = file_owners(Path(repo.root_dir), [repo.cache.local, odb])
+    owners, folders = file_owners(repo, [repo.cache.local, odb])
     bad = []
     for oid in tqdm(oids, desc="objects", unit="obj", disable=not progress):
         path = odb.oid_to_path(oid)

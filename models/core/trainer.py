@@ -105,9 +105,7 @@ class EarlyStopping:
 
     def update(self, value: float, epoch: int) -> bool:
         """Record an evaluation; True when it is the best so far (the caller keeps its weights)."""
-        higher = self.best is not None and value > self.best
-        lower = self.best is not None and value < self.best
-        better = self.best is None or (higher if self.higher_is_better else lower)
+        better = self.best is None or (value > self.best if self.higher_is_better else value < self.best)
         if better:
             self.best, self.best_epoch, self.stale = value, epoch, 0
         else:
