@@ -32,6 +32,7 @@ from models.core.dual_encoder import freeze_below_top, image_features, text_feat
 from models.core.trainer import NegativeSampler
 from profiles.apply import with_profile
 from stages import train
+from stages.common.run import build_model, load_data, run_spec
 
 ROOT = Path(__file__).resolve().parents[1]
 BABY_ITEMS, BABY_TRAIN, BATCH = 7050, 118_551, 2048  # MMRec's Baby split
@@ -39,11 +40,11 @@ BABY_ITEMS, BABY_TRAIN, BATCH = 7050, 118_551, 2048  # MMRec's Baby split
 
 def demo_epochs(params: dict, model: str, epochs: int) -> tuple[float, float, float]:
     """(s/epoch, items/s with gradients, items/s without) of `model` trained end to end on the demo."""
-    spec = train.run_spec("demo", model, "warm", "e2e", None, params)
+    spec = run_spec("demo", model, "warm", "e2e", None, params)
     hp, cfg = train.training_config(spec, params)
-    data, _ = train.load_data(spec)
+    data, _ = load_data(spec)
     torch.manual_seed(cfg.seed)
-    net = train.build_model(spec, data, hp, params).move_to(spec.device)
+    net = build_model(spec, data, hp, params).move_to(spec.device)
     optimizer = net.make_optimizer(net.lr if net.lr is not None else cfg.lr)
     coo = data.train.tocoo()
     users_all, items_all = coo.row.astype(np.int64), coo.col.astype(np.int64)

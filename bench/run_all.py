@@ -8,6 +8,7 @@ from bench import (
     distributed_speed,
     features_speed,
     graphs_knn,
+    image_purity,
     ingest_scale,
     lmm4rec_speed,
     mmrec_baby,
@@ -20,6 +21,10 @@ from bench import (
 BENCHMARKS = [
     ("pipeline_timing: where `dvc repro` spends its time, tour and full size (about 20 minutes)", pipeline_timing.main),
     ("features_speed: items/s per encoder, batched vs naive; cache counters", features_speed.main),
+    (
+        "image_purity: kNN purity of each feature set's image vectors by category (the tour's outputs)",
+        image_purity.main,
+    ),
     ("models_speed: seconds per training epoch and per full-ranking evaluation", models_speed.main),
     ("ingest_scale: ingest of 10M review + 1M meta lines (2014 format, gzip); lines/s, peak RSS", ingest_scale.main),
     ("graphs_knn: blockwise kNN on 200,000 x 512 vs dense N x N (about 8 minutes)", graphs_knn.main),

@@ -2,12 +2,9 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import sys
-import time
-from collections.abc import Iterator
 
 
 def get_logger(stage: str) -> logging.Logger:
@@ -19,13 +16,6 @@ def get_logger(stage: str) -> logging.Logger:
         logger.setLevel(os.environ.get("MMPIPE_LOG_LEVEL", "INFO"))
         logger.propagate = False
     return logger
-
-
-@contextlib.contextmanager
-def timed(logger: logging.Logger, what: str) -> Iterator[None]:
-    start = time.perf_counter()
-    yield
-    logger.info("%s took %.2f s", what, time.perf_counter() - start)
 
 
 def progress_disabled() -> bool:

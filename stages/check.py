@@ -42,7 +42,7 @@ from stages import features, finetune_encoder
 from stages.common import pipeline, sequential
 from stages.common.datasets import dataset_config
 from stages.common.params import declared, run_stage
-from stages.train import e2e_config
+from stages.common.run import e2e_config
 
 log = get_logger("check")
 

@@ -32,7 +32,7 @@ from mmpipe.paths import PROCESSED, RUNS
 from mmpipe.threads import use_threads
 from models.core.evaluator import EvaluateConfig, check_cutoffs, evaluate, per_user_metrics
 from stages.common.params import declared, run_stage
-from stages.train import E2E, E2E_KEYS, FLAGS, OPTIONAL_FLAGS, build_model, load_checkpoint, load_data, run_spec
+from stages.common.run import E2E, E2E_KEYS, FLAGS, OPTIONAL_FLAGS, build_model, load_checkpoint, load_data, run_spec
 
 log = get_logger("evaluate")
 

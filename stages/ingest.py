@@ -132,11 +132,6 @@ def find_files(manifest: dict[str, Any], roles: tuple[str, ...], raw_dir: Path) 
     return out
 
 
-def find_file(manifest: dict[str, Any], role: str, raw_dir: Path) -> Path:
-    """The first file with `role` (kept for callers that expect one file)."""
-    return find_files(manifest, (role,), raw_dir)[0][0]
-
-
 def _reader(registry: dict[str, Any], fmt: str, path: Path, kind: str) -> Any:
     if fmt not in registry:
         raise ValueError(

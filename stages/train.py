@@ -24,18 +24,15 @@ the same; each process trains on 1/N of every batch (`models/core/trainer.py`), 
 
 from __future__ import annotations
 
-import io
 import sys
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mmpipe.config import ParamsError
-from mmpipe.devices import resolve_device
 from mmpipe.distributed import (
     finish_distributed,
     init_distributed,
@@ -45,98 +42,31 @@ from mmpipe.distributed import (
 )
 from mmpipe.io import csv_text, write_bytes, write_json, write_text
 from mmpipe.log import get_logger, progress_disabled
-from mmpipe.paths import PROCESSED, RUNS, DatasetDir, RunFiles, run_dir
+from mmpipe.paths import PROCESSED, RUNS
 from mmpipe.threads import use_threads
-from models.core.base import HParams, Recommender, TrainData
-from models.core.data import Split, load_train_data
-from models.core.dual_encoder import (
-    freeze_below_top,
-    load_dual_encoder,
-    pads_to_max_length,
-    prepare_items,
-    set_gradient_checkpointing,
-)
-from models.core.end_to_end import EncoderTowers, EndToEnd, EndToEndConfig, knn_graph
-from models.core.registry import get_model, model_config
+from models.core.base import HParams
+from models.core.end_to_end import EndToEnd
+from models.core.registry import model_config
 from models.core.trainer import TrainConfig, fit
-from stages.common import pipeline
 from stages.common.params import declared, load_params, run_stage, stage_parser
+from stages.common.run import (
+    E2E,
+    E2E_KEYS,
+    FLAGS,
+    OPTIONAL_FLAGS,
+    RunSpec,
+    build_model,
+    checkpoint_bytes,
+    load_data,
+    run_spec,
+)
 
 log = get_logger("train")
-
-FLAGS = ("dataset", "model", "setting", "group")
-OPTIONAL_FLAGS = ("feature_set",)
-E2E = "e2e"  # the stage group (and run folder) of the models trained end to end with their encoder
-E2E_KEYS = ["train.e2e", "features.allow_download"]
 
 
 def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
     keys = ["train.common", "train.datasets", "train.num_threads", "train.device", "train.processes", f"train.{model}"]
     return keys + (E2E_KEYS if group == E2E else []) + (["pipeline.modalities"] if group != "id" else [])
-
-
-@dataclass(frozen=True)
-class RunSpec:
-    """One model run: which model, on which data, with which settings (what train and evaluate share)."""
-
-    dataset: str
-    model: str
-    setting: str
-    group: str
-    feature_set: str | None
-    cls: type[Recommender]
-    modalities: tuple[str, ...]  # the feature set's modalities the model may read (none for ID models)
-    num_threads: int
-    device: torch.device
-    runs: Path = RUNS
-
-    @property
-    def files(self) -> RunFiles:
-        return RunFiles(self.root)
-
-    @property
-    def root(self) -> Path:
-        return run_dir(self.dataset, self.model, self.setting, self.feature_set, self.runs)
-
-    @property
-    def label(self) -> str:
-        return "/".join(p for p in (self.dataset, self.model, self.feature_set, self.setting) if p)
-
-
-def run_spec(
-    dataset: str,
-    model: str,
-    setting: str,
-    group: str,
-    feature_set: str | None,
-    params: dict[str, Any],
-    runs: Path = RUNS,
-) -> RunSpec:
-    """Check that the model may run in this stage group and setting; read what train and evaluate share."""
-    if setting not in pipeline.SETTINGS:
-        raise ParamsError(f"setting {setting!r}: expected one of {', '.join(pipeline.SETTINGS)}")
-    cls = get_model(model)
-    pipeline.check_group(model, cls.reads, group, cls.end_to_end)
-    if group == E2E:
-        if feature_set is not None:
-            raise ParamsError(f"model '{model}' (group e2e) reads no feature set: its encoder is train.e2e.model")
-        feature_set = E2E
-    elif (group == "id") != (feature_set is None):
-        raise ParamsError(
-            f"model '{model}' (group {group}): a feature set is given exactly when the model reads features"
-        )
-    if setting == "cold" and not cls.scores_cold_items:
-        raise ParamsError(f"model '{model}' cannot score cold items; it runs in the warm setting only")
-    modalities = pipeline.modalities(params) if group != "id" else ()
-    train = params.get("train") or {}
-    threads = train.get("num_threads", 0)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ParamsError(f"params.yaml: train.num_threads = {threads!r}: expected an integer >= 0 (0: all cores)")
-    device = train.get("device", "auto")
-    if not isinstance(device, str):
-        raise ParamsError(f"params.yaml: train.device = {device!r}: expected auto, cpu, cuda or cuda:N")
-    device = resolve_device(device, "train.device")
-    return RunSpec(dataset, model, setting, group, feature_set, cls, modalities, threads, device, Path(runs))
 
 
 def training_config(spec: RunSpec, params: dict[str, Any]) -> tuple[HParams, TrainConfig]:
@@ -154,68 +84,6 @@ def training_config(spec: RunSpec, params: dict[str, Any]) -> tuple[HParams, Tra
         where = where[:-1] + ", train.e2e.trainer)"
         blocks.append((train.get("e2e") or {}).get("trainer"))
     return hp, TrainConfig.from_params(*blocks, where=where)
-
-
-def load_data(spec: RunSpec, processed: Path = PROCESSED) -> tuple[TrainData, Split]:
-    """The model's training data; an end-to-end model's features come from its encoder (`build_model`)."""
-    reads = "id" if spec.group == E2E else spec.cls.reads
-    return load_train_data(
-        DatasetDir.of(spec.dataset, processed), spec.setting, reads, spec.modalities, spec.feature_set
-    )
-
-
-def e2e_config(params: dict[str, Any]) -> EndToEndConfig:
-    """`train.e2e` without its `trainer:` overrides (which `training_config` applies)."""
-    block = (params.get("train") or {}).get("e2e")
-    if not isinstance(block, dict):
-        raise ParamsError("params.yaml: key 'train.e2e' is missing (the encoder of pipeline.e2e_models)")
-    trainer = block.get("trainer")
-    if trainer is not None and not isinstance(trainer, dict):
-        raise ParamsError(f"params.yaml: train.e2e.trainer = {trainer!r}: expected a mapping of train.common keys")
-    return EndToEndConfig.parse({k: v for k, v in block.items() if k != "trainer"}, "train.e2e")
-
-
-def build_model(
-    spec: RunSpec, data: TrainData, hp: HParams, params: dict[str, Any], processed: Path = PROCESSED
-) -> Recommender:
-    """The model on the CPU; in group e2e wrapped with its encoder towers, `data` given their features."""
-    if spec.group != E2E:
-        return spec.cls(data, hp)
-    cfg = e2e_config(params)
-    allow_download = bool((params.get("features") or {}).get("allow_download", False))
-    encoder, tokenizer, processor = load_dual_encoder(cfg.model, allow_download, key="train.e2e.model")
-    trainable, frozen = freeze_below_top(encoder, cfg.n_trainable_layers)
-    set_gradient_checkpointing(encoder, cfg.gradient_checkpointing)
-    ds = DatasetDir.of(spec.dataset, processed)
-    inputs = prepare_items(
-        ds.items, ds.images, tokenizer, processor, cfg.template, cfg.max_tokens, cfg.workers, not progress_disabled(),
-        pads_to_max_length(encoder),
-    )  # fmt: skip
-    log.info(
-        "end-to-end encoder %s: %d parameters trained, %d frozen; %d items (%d without image, %d without text)",
-        cfg.model, trainable, frozen, inputs.n_items, int((~inputs.has_image).sum()), int((~inputs.has_text).sum()),
-    )  # fmt: skip
-    towers = EncoderTowers(encoder, inputs, spec.modalities, cfg.normalize)
-    data.features = towers.encode_all(cfg.encoder_batch_size)
-    if spec.cls.reads == "graph":
-        k = int(getattr(hp, "knn_k", 10))
-        data.knn = {m: knn_graph(f, k) for m, f in data.features.items()}
-    return EndToEnd(spec.cls(data, hp), towers, cfg)
-
-
-def checkpoint_bytes(state: dict[str, torch.Tensor], hp: HParams, best_epoch: int) -> bytes:
-    """torch.save into memory: the archive then has a fixed inner name (torch uses the file's name
-    otherwise), and nothing that varies between runs (no timings) goes inside."""
-    buf = io.BytesIO()
-    torch.save({"state_dict": state, "hp": hp.as_dict(), "best_epoch": best_epoch}, buf)
-    return buf.getvalue()
-
-
-def load_checkpoint(spec: RunSpec) -> dict[str, Any]:
-    path = spec.files.checkpoint
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no trained model (run train for {spec.label} first)")
-    return torch.load(path, map_location="cpu", weights_only=True)
 
 
 def run(

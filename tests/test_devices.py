@@ -109,7 +109,6 @@ def ready(tmp_path_factory, demo_project):
     root = tmp_path_factory.mktemp("devices") / "processed"
     shutil.copytree(demo_project / "processed", root)
     params = tiny_params()
-    params["features"]["default"]["image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
     for modality in ("text", "image"):
         features.run("demo", "default", modality, params, root)
     coldstart.run("demo", params, root)

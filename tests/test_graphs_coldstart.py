@@ -95,7 +95,6 @@ def test_graphs_stage_is_deterministic_and_uses_setting_splits(tmp_path, params,
     for name in ("a", "b"):
         root = tmp_path / name
         shutil.copytree(demo_project / "processed", root)
-        params["features"]["default"]["image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
         for modality in ("text", "image"):
             features.run("demo", "default", modality, params, root)
         coldstart.run("demo", params, root)

@@ -14,6 +14,7 @@ from mmpipe.config import ParamsError
 from mmpipe.io import read_json
 from models.core.end_to_end import EndToEnd
 from stages import evaluate, features, finetune_encoder, report, train
+from stages.common.run import build_model, load_data, run_spec
 from tests.conftest import ranking_floors, tiny_params
 
 E2E_MODELS = ["vbpr", "lattice", "bm3"]
@@ -41,11 +42,11 @@ def project(demo_project, tmp_path) -> Path:
 
 
 def build(project: Path, model: str, params: dict[str, Any]) -> EndToEnd:
-    spec = train.run_spec("demo", model, "warm", "e2e", None, params, project / "runs")
+    spec = run_spec("demo", model, "warm", "e2e", None, params, project / "runs")
     hp, _ = train.training_config(spec, params)
-    data, _ = train.load_data(spec, project / "processed")
+    data, _ = load_data(spec, project / "processed")
     torch.manual_seed(0)
-    net = train.build_model(spec, data, hp, params, project / "processed")
+    net = build_model(spec, data, hp, params, project / "processed")
     assert isinstance(net, EndToEnd)
     return net
 
@@ -121,9 +122,9 @@ def test_e2e_stages_train_evaluate_and_report(project):
 def test_e2e_group_rejects_a_model_without_an_end_to_end_variant(project):
     params = lmm_params(project)
     with pytest.raises(ParamsError, match="lightgcn', which has no end-to-end variant"):
-        train.run_spec("demo", "lightgcn", "warm", "e2e", None, params)
+        run_spec("demo", "lightgcn", "warm", "e2e", None, params)
     with pytest.raises(ParamsError, match="reads no feature set"):
-        train.run_spec("demo", "vbpr", "warm", "e2e", "default", params)
+        run_spec("demo", "vbpr", "warm", "e2e", "default", params)
 
 
 def test_features_stage_reads_the_fine_tuned_encoder_and_rekeys_its_cache(project):

@@ -54,8 +54,6 @@ def test_a_dataset_with_one_modality_runs_every_stage(modality, tmp_path, params
     check.run(params, out=tmp_path / "params.checked")
     processed = tmp_path / "processed"
     shutil.copytree(demo_project / "processed", processed)
-    if modality == "image":
-        params["features"]["default"]["image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
     features.run("demo", "default", modality, params, processed)
     coldstart.run("demo", params, processed)
     stats = graphs.run("demo", "default", params, processed)
@@ -131,7 +129,6 @@ def test_one_modality_features_have_no_silent_zero(tmp_path, params, demo_projec
     params = one_modality_params(params, "image")
     processed = tmp_path / "processed"
     shutil.copytree(demo_project / "processed", processed)
-    params["features"]["default"]["image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
     stats = features.run("demo", "default", "image", params, processed)
     from mmpipe.schemas import read_features
 

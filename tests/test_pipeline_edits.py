@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 
 import pytest
 import yaml
@@ -109,3 +110,8 @@ def test_exp_run_with_set_param_and_show(project):
             runs[exp.get("name") or exp.get("rev")] = (layers, recall)
     assert any(layers == 2 and recall is not None for layers, recall in runs.values()), runs
     assert any(layers == 3 and recall is not None for layers, recall in runs.values()), runs  # the baseline
+    # the same records through the sweep command: the baseline (3 layers) and the experiment (2) as a grid
+    out = project.sh(sys.executable, "-m", "mmpipe.sweep", "--run", "runs/demo/lightgcn/warm")
+    test = dict(runs.values())  # test recall@20 per n_layers, from DVC's own JSON
+    assert "2 grid points over train.lightgcn.n_layers" in out, out
+    assert re.search(r"\| 2 \| 1 \| \d\.\d{4} \| " + f"{test[2]:.4f}", out), out

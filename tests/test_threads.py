@@ -51,7 +51,6 @@ def test_features_and_graphs_bytes_do_not_depend_on_the_machines_load(params, de
 
     from stages import coldstart, features, graphs
 
-    params["features"]["default"]["image"]["model"] = str(demo_project / "raw/encoders/demo-clip")
     assert params["features"]["num_threads"] == params["graphs"]["num_threads"] == 2
     written = {}
     for share in (2, 1):

@@ -40,11 +40,11 @@ def layer_mean(adj: torch.Tensor, x: torch.Tensor, n_layers: int, adj_t: torch.T
     """LightGCN's propagation: the mean of x, Ax, ..., A^L x (layer 0 included). `adj_t` is A's
     transpose (A itself for a symmetric normalisation), kept by the model so that the backward pass does
     not rebuild it every batch."""
-    layers = [x]
+    total = x  # a running sum: the same bits as stacking the layers and averaging, without the copies
     for _ in range(n_layers):
         x = _ConstantSparseProduct.apply(adj, adj_t, x)
-        layers.append(x)
-    return torch.stack(layers).mean(dim=0)
+        total = total + x
+    return total / (n_layers + 1)
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:

@@ -6,9 +6,9 @@ Contract (what `stages.ingest` calls; a new format registers one function in eac
   reads one whole interactions file. ``ReviewColumns`` holds one row per valid review, column-wise:
   ``user_id`` and ``item_id`` (pyarrow string arrays, or dictionary<int32, string> arrays, chunked or
   not), ``rating`` (numpy float32), ``timestamp`` (numpy int64, seconds) and ``lines`` (physical lines
-  read, blank ones included). Readers of small formats can build it with ``ReviewColumns.from_lists``;
-  a pandas DataFrame with those four columns is accepted too (``as_review_columns`` converts it; its
-  ``attrs["lines"]`` gives the line count, else the row count stands in). Ids must not be null.
+  read, blank ones included); a pandas DataFrame with those four columns is accepted too
+  (``as_review_columns`` converts it; its ``attrs["lines"]`` gives the line count, else the row count
+  stands in). Ids must not be null.
 * ``META_READERS[format](path: Path, bad: Malformed, wanted: set[str] | None) -> Iterator[dict]``
   yields item records ``{"item_id", "title", "description", "brand", "categories", "image_url"}``
   (``categories`` a list of str or None; every other value a str or None), only for the ids in

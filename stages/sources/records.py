@@ -12,7 +12,7 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -65,18 +65,6 @@ class ReviewColumns:
 
     def __len__(self) -> int:
         return len(self.rating)
-
-    @classmethod
-    def from_lists(
-        cls, users: list[str], items: list[str], ratings: Iterable[float], times: Iterable[int], lines: int
-    ) -> ReviewColumns:
-        return cls(
-            pa.array(users, pa.string()),
-            pa.array(items, pa.string()),
-            np.asarray(list(ratings), dtype=np.float64).astype(np.float32),
-            np.asarray(list(times), dtype=np.int64),
-            lines,
-        )
 
 
 def as_review_columns(obj: Any, lines: int | None = None) -> ReviewColumns:
