@@ -37,12 +37,16 @@ PUBLISHED_FILE = REPORTS / "published.yaml"
 METRIC_ORDER = ("recall", "ndcg", "precision", "map")
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")  # what published tables report
 TESTED_METRIC = "recall@20"  # the per-user metric the paired tests compare
+SEQ_TESTED_METRIC = "hr@10"  # the sequential tables' (PMMRec reports HR/NDCG@10)
 ALPHA = 0.05
-SIGNIFICANCE_NOTE = (
-    f"vs best: the difference in test {TESTED_METRIC} to the table's best model, and the two-sided Wilcoxon "
-    f"signed-rank test over the users both ranked (paired per user, zero differences dropped), its p-values "
-    f"Holm-adjusted over the table's comparisons; * marks p < {ALPHA}."
-)
+
+
+def significance_note(metric: str) -> str:
+    return (
+        f"vs best: the difference in test {metric} to the table's best run, and the two-sided Wilcoxon "
+        f"signed-rank test over the users both ranked (paired per user, zero differences dropped), its p-values "
+        f"Holm-adjusted over the table's comparisons; * marks p < {ALPHA}."
+    )
 
 
 LMM_GROUPS = ("lmm", "e2e")  # LMM4Rec's runs: their own table per dataset
@@ -175,33 +179,38 @@ def paired_wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
     return float(wilcoxon(a, b).pvalue)
 
 
-def versus_best(recs: list[dict[str, Any]], metric: str = TESTED_METRIC) -> dict[str, str]:
-    """Each run's cell "difference to the best (Holm-adjusted p)" by run label; the best run's is "best".
+def versus_best(runs: list[tuple[str, float | None, Path]], metric: str) -> dict[str, str]:
+    """Each run's cell "difference to the best (Holm-adjusted p)" by label; the best run's is "best".
 
-    The per-user values come from each run's per_user.parquet (the evaluate stage's), paired on user_idx;
-    a run without that file (written before it existed) gets "-".
+    `runs`: (label, test value of `metric`, the run's per_user.parquet). The per-user values are paired on
+    user_idx; a run without that file (written before it existed) gets no cell.
     """
-    scored = [r for r in recs if metric in r["test"]]
+    scored = [r for r in runs if r[1] is not None]
     if len(scored) < 2:
         return {}
-    best = max(scored, key=lambda r: r["test"][metric])
-    cells = {run_label(best): "best"}
-    if not best["files"].per_user.is_file():
+    best_label, best_value, best_file = max(scored, key=lambda r: r[1])
+    cells = {best_label: "best"}
+    if not best_file.is_file():
         return cells
-    reference = read_parquet(best["files"].per_user, columns=["user_idx", metric]).to_pandas()
+    reference = read_parquet(best_file, columns=["user_idx", metric]).to_pandas()
     others, pvalues, deltas = [], [], []
-    for rec in scored:
-        if rec is best or not rec["files"].per_user.is_file():
+    for label, value, per_user in scored:
+        if label == best_label or not per_user.is_file():
             continue
-        values = read_parquet(rec["files"].per_user, columns=["user_idx", metric]).to_pandas()
+        values = read_parquet(per_user, columns=["user_idx", metric]).to_pandas()
         paired = reference.merge(values, on="user_idx", suffixes=("_best", ""))
-        others.append(run_label(rec))
+        others.append(label)
         pvalues.append(paired_wilcoxon(paired[f"{metric}_best"].to_numpy(), paired[metric].to_numpy()))
-        deltas.append(rec["test"][metric] - best["test"][metric])
+        deltas.append(value - best_value)
     for label, delta, p in zip(others, deltas, holm(pvalues), strict=True):
         shown = f"p {p:.2g}" if p >= 1e-4 else "p < 1e-4"
         cells[label] = f"{delta:+.4f} ({shown}){' *' if p < ALPHA else ''}"
     return cells
+
+
+def model_runs(recs: list[dict[str, Any]], metric: str = TESTED_METRIC) -> list[tuple[str, float | None, Path]]:
+    """The (label, test metric, per_user.parquet) of each model run, for `versus_best`."""
+    return [(run_label(r), r["test"].get(metric), r["files"].per_user) for r in recs]
 
 
 def dataset_section(
@@ -218,7 +227,7 @@ def dataset_section(
             "",
         ]
     columns = [c for c in TABLE_METRICS if any(c in r["test"] for r in recs)]
-    versus = versus_best(recs)
+    versus = versus_best(model_runs(recs), TESTED_METRIC)
     header = ["model", *columns, f"valid {valid_metric}", "users", "best epoch", "s/epoch"]
     header += ["vs best"] if versus else []
     if published:
@@ -241,7 +250,7 @@ def dataset_section(
         rows.append(row)
     md += [markdown_table(rows, header), ""]
     if versus:
-        md += [SIGNIFICANCE_NOTE, ""]
+        md += [significance_note(TESTED_METRIC), ""]
     if published:
         md += [f"Published ({published.name}): {published.source}; split: {published.split}.", ""]
     return md
@@ -274,8 +283,10 @@ def lmm4rec_section(dataset: str, recs: list[dict[str, Any]], features: dict[str
         kind, encoder = paradigm(rec["feature_set"], features)
         rows.append((rec["model"], order[kind], kind, encoder, rec))
     equal = min(int(rec["epochs_run"]) for rec in recs)
+    versus = versus_best(model_runs(recs), TESTED_METRIC)
     header = ["model", "paradigm", "item features", *TABLE_METRICS, "best epoch", f"valid {valid_metric} at epoch "
               f"{equal}", "s/epoch", "encoder params trained"]  # fmt: skip
+    header += ["vs best"] if versus else []
     table = []
     for model, _, kind, encoder, rec in sorted(rows, key=lambda r: (r[0], r[1])):
         at_equal = valid_at_epoch(rec, valid_metric, equal)
@@ -283,6 +294,7 @@ def lmm4rec_section(dataset: str, recs: list[dict[str, Any]], features: dict[str
             [model, kind, encoder, *(f"{rec['test'][m]:.4f}" if m in rec["test"] else "-" for m in TABLE_METRICS),
              str(rec["best_epoch"]), f"{at_equal:.4f}" if at_equal is not None else "-",
              f"{rec['seconds_per_epoch']:.3f}", f"{rec.get('encoder_params_trained', 0):,}"]
+            + ([versus.get(run_label(rec), "-")] if versus else [])
         )  # fmt: skip
     return [
         f"## {dataset}: LMM4Rec (pre-trained, fine-tuned, end-to-end encoders)",
@@ -292,6 +304,7 @@ def lmm4rec_section(dataset: str, recs: list[dict[str, Any]], features: dict[str
         "",
         markdown_table(table, header),
         "",
+        *([significance_note(TESTED_METRIC), ""] if versus else []),
     ]
 
 
@@ -335,15 +348,23 @@ def sequential_sections(cfg: pipeline.PipelineConfig, records: list[dict[str, An
                     f"{pre['best_valid'].get('hr@10', float('nan')):.4f}), {pre['seconds_per_epoch']:.1f} s/epoch.",
                     "",
                 ]
+        per_user = {
+            r["variant"]: RunFiles(run_dir(target, "pmmrec", r["variant"], runs=runs_root)).per_user for r in recs
+        }
+        versus = versus_best(
+            [(r["variant"], r["test"].get(SEQ_TESTED_METRIC), per_user[r["variant"]]) for r in recs], SEQ_TESTED_METRIC
+        )
         header = ["variant", "item tower", "pre-trained part", *SEQ_TABLE, "valid hr@10", "best epoch", "s/epoch",
-                  "encoder params trained"]  # fmt: skip
+                  "encoder params trained"] + (["vs best"] if versus else [])  # fmt: skip
         rows = [
             [r["variant"], r["item_tower"], r["pretrain_part"], *(f"{r['test'][m]:.4f}" for m in SEQ_TABLE),
              f"{r['valid'].get('hr@10', float('nan')):.4f}", str(r["best_epoch"]), f"{r['seconds_per_epoch']:.2f}",
-             f"{r['encoder_params_trained']:,}"]
+             f"{r['encoder_params_trained']:,}"] + ([versus.get(r["variant"], "-")] if versus else [])
             for r in recs
         ]  # fmt: skip
-        md += [markdown_table(rows, header), "", "Every metric at every cut-off: sequential.csv.", ""]
+        md += [markdown_table(rows, header), ""]
+        md += [significance_note(SEQ_TESTED_METRIC), ""] if versus else []
+        md += ["Every metric at every cut-off: sequential.csv.", ""]
     return md
 
 

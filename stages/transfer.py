@@ -8,7 +8,8 @@ and shape match), `overrides` of
 `train.pmmrec` (e.g. item_tower: id for SASRec, text or image for the single-modality settings) and
 `train` changes to `seq.train`. Writes `runs/<target>/pmmrec/<variant>/`: `model.pt`, `history.csv`,
 `train.json`, `evaluation.json` (HR and NDCG at every K, valid and test), `metrics.json` (the headline:
-HR@10 and NDCG@10, test and best validation) and `topk.parquet`.
+HR@10 and NDCG@10, test and best validation), `topk.parquet` and `per_user.parquet` (each test user's
+HR and NDCG, for the report's paired tests).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ import torch
 from mmpipe.distributed import finish_distributed, init_distributed
 from mmpipe.io import write_json, write_parquet
 from mmpipe.log import get_logger, progress_disabled
-from mmpipe.paths import PROCESSED, RUNS, DatasetDir, pretrain_dir, run_dir
+from mmpipe.paths import PROCESSED, RUNS, DatasetDir, RunFiles, pretrain_dir, run_dir
 from mmpipe.threads import use_threads
+from models.core.evaluator import per_user_metrics
 from models.pmmrec import PMMRec
 from models.seq.trainer import fit_sequential, rank_users
 from stages.common import sequential
@@ -83,22 +85,30 @@ def run(
     summary["train_seconds"] = round(time.perf_counter() - start, 2)
     if rank == 0:
         out = run_dir(target, sequential.MODEL, variant, runs=runs)
+        files = RunFiles(out)
         sequential.write_run(out, result, hp, cfg, summary)
         evaluation = {**summary, "test": {k: round(v, 6) for k, v in test.items()}, "valid": summary["best_valid"]}
-        write_json(out / "evaluation.json", evaluation)
-        write_json(out / "metrics.json", {
+        write_json(files.evaluation, evaluation)
+        write_json(files.metrics, {
             "test": {k: round(test[k], 6) for k in HEADLINE}, "valid": {k: summary["best_valid"][k] for k in HEADLINE},
         })  # fmt: skip
         n, k = ranking.topk.shape
+        users = seqs.users[ranking.users].astype(np.int32)
         write_parquet(
-            out / "topk.parquet",
+            files.topk,
             pa.table({
-                "user_idx": pa.array(np.repeat(seqs.users[ranking.users], k).astype(np.int32)),
+                "user_idx": pa.array(np.repeat(users, k)),
                 "rank": pa.array(np.tile(np.arange(1, k + 1, dtype=np.int16), n)),
                 "item_idx": pa.array(ranking.topk.reshape(-1).astype(np.int32)),
                 "score": pa.array(ranking.scores.reshape(-1).astype(np.float32)),
             }),
         )  # fmt: skip
+        per_user = per_user_metrics(ranking.hits, ranking.n_relevant, sorted(set(cfg.ks)))
+        columns = {"user_idx": pa.array(users)}  # HR@K of one target is its Recall@K
+        for name, values in sorted(per_user.items()):
+            if name.split("@")[0] in ("recall", "ndcg"):
+                columns[name.replace("recall@", "hr@")] = pa.array(values.astype(np.float32))
+        write_parquet(files.per_user, pa.table(columns))
         log.info(
             "%s/%s (%s): test HR@10 %.4f, NDCG@10 %.4f (best epoch %d of %d, %d tensors transferred), %.1f s",
             target, variant, spec.pretrain_part, test["hr@10"], test["ndcg@10"], result.best_epoch,

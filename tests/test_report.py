@@ -113,3 +113,41 @@ def test_each_model_is_tested_against_the_best_over_the_same_users(tmp_path, par
     assert "(p < 1e-4) *" in rows["bpr"] and adjusted[1] < 1e-4  # p shown as a bound below 1e-4
     assert f"(p {adjusted[0]:.2g})" in rows["pop"] and adjusted[0] >= 0.05 and "*" not in rows["pop"].split("|")[-2]
     assert "Wilcoxon signed-rank" in text and "Holm-adjusted" in text
+
+
+def test_the_sequential_table_tests_each_variant_against_the_best(tmp_path, params):
+    """PMMRec's table: each transfer variant's per-user HR@10 (the transfer stage's per_user.parquet)
+    against the best variant's, Wilcoxon signed-rank, Holm-adjusted; the column and its note are there."""
+    import numpy as np
+    import pyarrow as pa
+    from scipy.stats import wilcoxon
+
+    from mmpipe.io import write_parquet
+
+    runs = tmp_path / "runs"
+    params["pipeline"].update(
+        datasets=["demo", "demo_b"], train_datasets=["demo"], id_models=["pop"], feature_models=[], graph_models=[],
+        cold_feature_models=[], cold_graph_models=[], lmm4rec_models=[], e2e_models=[], pretrain_models=["pmmrec"],
+        pretrain_sources=["demo"], transfer_targets=["demo_b"], transfer_variants=["sasrec", "full"],
+    )  # fmt: skip
+    write_run(runs, "demo", "pop", "warm", 1.0, feature_set=None)
+    rng = np.random.default_rng(1)
+    hits = {"full": (rng.uniform(size=60) < 0.5).astype(np.float32)}
+    hits["sasrec"] = hits["full"] * (rng.uniform(size=60) < 0.5)  # a subset of full's hits: clearly worse
+    for variant, hr in hits.items():
+        run = runs / "demo_b" / "pmmrec" / variant
+        run.mkdir(parents=True)
+        test = {"hr@10": float(hr.mean()), "ndcg@10": 0.1, "hr@20": 0.2, "ndcg@20": 0.1}
+        record = {"target": "demo_b", "variant": variant, "item_tower": "id", "pretrain_part": "none", "test": test,
+                  "valid": {"hr@10": 0.3}, "best_epoch": 1, "seconds_per_epoch": 0.1, "encoder_params_trained": 0,
+                  "users": 60, "users_dropped_short": 0, "items": 30}  # fmt: skip
+        (run / "evaluation.json").write_text(json.dumps(record))
+        write_parquet(run / "per_user.parquet", pa.table({"user_idx": np.arange(60, dtype=np.int32), "hr@10": hr}))
+    text = report.run(params, runs, tmp_path / "reports")
+    section = text.split("## demo_b: sequential")[1]
+    rows = {line.split(" | ")[0].strip("| "): line for line in section.splitlines() if line.startswith("| ")}
+    assert rows["full"].endswith("| best |")
+    p = wilcoxon(hits["full"], hits["sasrec"]).pvalue  # one comparison: Holm leaves it as is
+    shown = f"p {p:.2g}" if p >= 1e-4 else "p < 1e-4"
+    assert f"| {hits['sasrec'].mean() - hits['full'].mean():+.4f} ({shown}) * |" in rows["sasrec"]
+    assert "vs best: the difference in test hr@10" in section
