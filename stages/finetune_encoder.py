@@ -49,7 +49,7 @@ from models.core.dual_encoder import (
     set_gradient_checkpointing,
     text_features,
 )
-from models.core.trainer import EarlyStopping
+from models.core.trainer import EarlyStopping, Epoch, epoch_loop, state_on_cpu
 from stages.common.params import declared, run_stage
 
 log = get_logger("finetune_encoder")
@@ -161,10 +161,6 @@ def valid_loss(
     return total / sum(len(b) for b in batches)
 
 
-def cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-
-
 def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> dict[str, Any]:
     start = time.perf_counter()
     cfg, allow_download = read_config(params)
@@ -217,19 +213,19 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
     stopping = EarlyStopping(cfg.patience, higher_is_better=False)
     untuned = valid_loss(model, inputs, valid_b, cfg, device) if len(valid) else math.nan
     stopping.update(untuned, 0)
-    best_state = cpu_state(model)
     history: list[dict[str, Any]] = [{"epoch": 0, "train_loss": None, "valid_loss": _rounded(untuned), "seconds": 0.0}]
     log.info("%s: epoch 0 (un-tuned %s) valid loss %.4f", dataset, cfg.model, untuned)
     if optimizer is None and len(train):
         log.warning("%s: finetune.n_trainable_layers = 0 freezes every parameter: the base model is written", dataset)
-    train_seconds = 0.0
     trained_pairs = 0
-    for epoch in range(1, (cfg.epochs if optimizer is not None else 0) + 1):
+
+    def run_epoch(epoch: int) -> Epoch:
+        nonlocal trained_pairs
         t0 = time.perf_counter()
         model.train()
         losses: list[float] = []
         batches = train_batches(train, cfg.batch_size, rng)
-        for items in tqdm(batches, desc=f"epoch {epoch}", disable=not progress):
+        for items in tqdm(batches, desc=f"epoch {epoch}", disable=not progress, leave=False):
             optimizer.zero_grad(set_to_none=True)
             with autocast(device, cfg.precision):
                 loss = batch_loss(model, inputs, items, device)
@@ -239,26 +235,27 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
             trained_pairs += len(items)
         train_loss = sum(losses) / sum(len(b) for b in batches)
         seconds = time.perf_counter() - t0
-        train_seconds += seconds
         loss_v = valid_loss(model, inputs, valid_b, cfg, device)
-        history.append(
-            {
-                "epoch": epoch,
-                "train_loss": round(train_loss, 6),
-                "valid_loss": round(loss_v, 6),
-                "seconds": round(seconds, 3),
-            }
-        )
-        improved = stopping.update(loss_v, epoch)
-        if improved:
-            best_state = cpu_state(model)
+        row = {
+            "epoch": epoch,
+            "train_loss": round(train_loss, 6),
+            "valid_loss": round(loss_v, 6),
+            "seconds": round(seconds, 3),
+        }
+        return Epoch(row, loss_v, {"loss": loss_v})
+
+    def on_epoch(epoch: int, result: Epoch, improved: bool) -> None:
         log.info(
             "%s: epoch %d train loss %.4f valid loss %.4f%s (%.1f s)",
-            dataset, epoch, train_loss, loss_v, " *" if improved else "", seconds,
+            dataset, epoch, result.row["train_loss"], result.value, " *" if improved else "", result.row["seconds"],
         )  # fmt: skip
-        if stopping.stop:
-            log.info("%s: no lower valid loss for %d epochs, stopping", dataset, stopping.stale)
-            break
+
+    epochs = cfg.epochs if optimizer is not None else 0
+    tuned, best_state, _ = epoch_loop(
+        epochs, stopping, run_epoch, lambda: state_on_cpu(model), log, "valid loss", progress, on_epoch=on_epoch
+    )
+    history += tuned
+    train_seconds = sum(row["seconds"] for row in tuned)
 
     model.load_state_dict(best_state)
     model.to("cpu").eval()

@@ -22,7 +22,8 @@ import logging
 import math
 import os
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
@@ -117,6 +118,55 @@ class EarlyStopping:
         return self.stale > self.patience
 
 
+@dataclass
+class Epoch:
+    """What one epoch of a training loop reports: its history row, and when it was validated, the
+    selection value and the validation metrics kept with the best state."""
+
+    row: dict[str, Any]
+    value: float | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+def epoch_loop(
+    epochs: int,
+    stopping: EarlyStopping,
+    run_epoch: Callable[[int], Epoch],
+    snapshot: Callable[[], dict[str, torch.Tensor]],
+    log: logging.Logger,
+    what: str,
+    progress: bool = True,
+    num_threads: int | None = None,
+    on_epoch: Callable[[int, Epoch, bool], None] | None = None,
+) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor], dict[str, float]]:
+    """The training protocol, one home for every loop here (recommenders, PMMRec, the encoder
+    fine-tuning): epochs 1..`epochs`, torch's threads recounted before each (`num_threads`, see
+    `mmpipe.threads`), the epoch's selection value into `stopping`, a snapshot of the weights at each
+    new best, early stopping. `run_epoch` trains one epoch and validates it when due; `on_epoch` logs it.
+    Returns (history rows, best state, best validation metrics); the state is `snapshot()` of the start
+    when no epoch improved on what `stopping` held."""
+    history: list[dict[str, Any]] = []
+    best_state, best_valid = snapshot(), {}
+    bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
+    for epoch in bar:
+        if num_threads is not None:
+            use_threads(num_threads)
+        result = run_epoch(epoch)
+        history.append(result.row)
+        improved = result.value is not None and stopping.update(result.value, epoch)
+        if improved:
+            best_valid, best_state = result.metrics, snapshot()
+        if result.value is not None:
+            bar.set_postfix({what: f"{result.value:.4f}"})
+        if on_epoch is not None:
+            on_epoch(epoch, result, improved)
+        if stopping.stop:
+            log.info("early stop at epoch %d: no better %s for %d evaluations", epoch, what, stopping.stale)
+            break
+    bar.close()
+    return history, best_state, best_valid
+
+
 def seed_everything(seed: int, device: torch.device | None = None) -> np.random.Generator:
     """Seed torch and numpy, and make torch pick deterministic kernels.
 
@@ -200,14 +250,10 @@ def fit(
     step_loss = model.loss if world == 1 else _ddp_loss(model)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda e: model.lr_decay ** (e / 50))
     stopping = EarlyStopping(cfg.patience)
-    best_valid: dict[str, float] = {}
-    best_state = state_on_cpu(model)
     device = model.device
     model.train()
-    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress or rank != 0)
-    for epoch in bar:
-        if num_threads is not None:
-            use_threads(num_threads)
+
+    def run_epoch(epoch: int) -> Epoch:
         start = time.perf_counter()
         model.on_epoch_start(epoch, rng)
         order = rng.permutation(len(users_all))
@@ -227,32 +273,27 @@ def fit(
             batches += 1
         scheduler.step()
         train_s = time.perf_counter() - start
-        row: dict[str, float] = {"epoch": epoch, "loss": round(total / max(batches, 1), 6)}
+        row: dict[str, Any] = {"epoch": epoch, "loss": round(total / max(batches, 1), 6)}
+        result = Epoch(row)
         if epoch % cfg.eval_every == 0 or epoch == cfg.epochs:
             metrics, eval_s = validate()
             row.update(_prefixed(metrics))
-            value = metrics[cfg.valid_metric]
-            if stopping.update(value, epoch):
-                best_valid, best_state = metrics, state_on_cpu(model)
             row["eval_seconds"] = round(eval_s, 3)
-            bar.set_postfix(loss=f"{row['loss']:.4f}", **{cfg.valid_metric: f"{value:.4f}"})
+            result = Epoch(row, metrics[cfg.valid_metric], metrics)
         row["train_seconds"] = round(train_s, 3)
-        history.append(row)
+        return result
+
+    def on_epoch(epoch: int, result: Epoch, improved: bool) -> None:
         if epoch % 10 == 0 or epoch == 1:
             log.info(
                 "epoch %d: loss %.4f, best valid %s %.4f at epoch %d",
-                epoch,
-                row["loss"],
-                cfg.valid_metric,
-                stopping.best,
-                stopping.best_epoch,
-            )
-        if stopping.stop:
-            log.info(
-                "early stop at epoch %d: no better valid %s for %d evaluations", epoch, cfg.valid_metric, stopping.stale
-            )
-            break
-    bar.close()
+                epoch, result.row["loss"], cfg.valid_metric, stopping.best, stopping.best_epoch,
+            )  # fmt: skip
+
+    history, best_state, best_valid = epoch_loop(
+        cfg.epochs, stopping, run_epoch, lambda: state_on_cpu(model), log, f"valid {cfg.valid_metric}",
+        progress=progress and rank == 0, num_threads=num_threads, on_epoch=on_epoch,
+    )  # fmt: skip
     return FitResult(best_state, stopping.best_epoch, best_valid, history)
 
 
@@ -278,11 +319,13 @@ def _ddp_loss(model: Recommender):
     )
 
 
-def state_on_cpu(model: Recommender) -> dict[str, torch.Tensor]:
-    """A copy of the model's weights on the CPU (where checkpoints are written)."""
-    if model.device.type == "cpu":
-        return copy.deepcopy(model.state_dict())
-    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+def state_on_cpu(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the model's weights on the CPU (where checkpoints are written; the best state of every
+    training loop)."""
+    state = model.state_dict()
+    if all(v.device.type == "cpu" for v in state.values()):
+        return copy.deepcopy(state)
+    return {k: v.detach().to("cpu", copy=True) for k, v in state.items()}
 
 
 def _prefixed(metrics: dict[str, float]) -> dict[str, float]:

@@ -20,14 +20,12 @@ from typing import Any, Literal
 
 import torch
 from torch import nn
-from tqdm import tqdm
 
 from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import autocast
 from mmpipe.distributed import distributed
-from mmpipe.threads import use_threads
 from models.core.evaluator import check_cutoffs, evaluate
-from models.core.trainer import EarlyStopping, FitResult, seed_everything, state_on_cpu
+from models.core.trainer import EarlyStopping, Epoch, FitResult, epoch_loop, seed_everything, state_on_cpu
 from models.seq.data import Sequences, left_pad, training_batch
 
 
@@ -116,14 +114,9 @@ def fit_sequential(
     optimizer = torch.optim.AdamW(param_groups(module, cfg))
     ks = sorted(set(cfg.ks))
     check_cutoffs(ks, module.n_items, "seq.train.ks")
-    history: list[dict[str, float]] = []
     stopping = EarlyStopping(cfg.patience)
-    best_valid: dict[str, float] = {}
-    best_state = state_on_cpu(module)
-    bar = tqdm(range(1, cfg.epochs + 1), desc="epochs", disable=not progress or rank != 0)
-    for epoch in bar:
-        if num_threads is not None:
-            use_threads(num_threads)
+
+    def run_epoch(epoch: int) -> Epoch:
         start = time.perf_counter()
         model.train()
         # the same permutation on every process, cut to a multiple of the world size so that every process
@@ -157,18 +150,20 @@ def fit_sequential(
             "train_seconds": round(train_s, 3),
             "eval_seconds": round(time.perf_counter() - eval_start, 3),
         }
-        history.append(row)
-        value = metrics[cfg.valid_metric]
-        if stopping.update(value, epoch):
-            best_valid, best_state = metrics, state_on_cpu(module)
+        return Epoch(row, metrics[cfg.valid_metric], metrics)
+
+    def on_epoch(epoch: int, result: Epoch, improved: bool) -> None:
         if rank == 0:
             log.info(
                 "epoch %d: loss %.4f, valid %s %.4f (best %.4f at epoch %d), %.1f s",
-                epoch, row.get("loss", math.nan), cfg.valid_metric, value, stopping.best, stopping.best_epoch, train_s,
+                epoch, result.row.get("loss", math.nan), cfg.valid_metric, result.value, stopping.best,
+                stopping.best_epoch, result.row["train_seconds"],
             )  # fmt: skip
-        if stopping.stop:
-            break
-    bar.close()
+
+    history, best_state, best_valid = epoch_loop(
+        cfg.epochs, stopping, run_epoch, lambda: state_on_cpu(module), log, f"valid {cfg.valid_metric}",
+        progress=progress and rank == 0, num_threads=num_threads, on_epoch=on_epoch,
+    )  # fmt: skip
     if world > 1:
         dist.barrier()
     return FitResult(best_state, stopping.best_epoch, best_valid, history)
