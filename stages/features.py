@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import sys
 import time
@@ -104,15 +103,11 @@ def read_config(params: dict[str, Any], feature_set: str, modality: str) -> tupl
     return encoder, options
 
 
-def fingerprint(parts: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()
-
-
 def cache_key(fp: str, content: bytes) -> bytes:
     return hashlib.sha256(fp.encode() + b"\0" + hashlib.sha256(content).digest()).digest()
 
 
-class ItemInputs:
+class EncoderInputs:
     """Each item's input, by item_idx: rendered text or the item's JPEG in images.lmdb (or none).
 
     Images are not held in memory: their cache keys are computed in one pass over the LMDB, and the
@@ -146,7 +141,7 @@ class ItemInputs:
         return len(self.texts[i]) if self.modality == "text" else 0
 
 
-def encode_chunk(model: Any, inputs: ItemInputs, indices: list[int], progress: Any) -> np.ndarray:
+def encode_chunk(model: Any, inputs: EncoderInputs, indices: list[int], progress: Any) -> np.ndarray:
     """The vectors of the items at `indices`; an input the encoder cannot read (damaged image bytes) is an
     error naming the input file and the chunk's items."""
     try:
@@ -222,7 +217,7 @@ def run_precomputed(
 
 def encode_missing(
     model: Any,
-    inputs: ItemInputs,
+    inputs: EncoderInputs,
     todo: dict[bytes, int],
     journal: lmdb_store.Journal,
     label: str,
@@ -276,8 +271,8 @@ def run(
     name = f"features.{feature_set}.{modality}"
     device = resolve_device(options.device, "features.device")
     model = ENCODERS[encoder.kind](name, encoder, options.allow_download, device)
-    fp = fingerprint(model.fingerprint_parts)
-    inputs = ItemInputs(model.modality, ds, encoder.template, fp)
+    fp = model.fingerprint
+    inputs = EncoderInputs(model.modality, ds, encoder.template, fp)
     cache_path = ds.feature_cache(feature_set, modality)
     journal = lmdb_store.Journal(cache_path.with_name(cache_path.name + ".journal"))
     wanted = {k for k in inputs.keys if k is not None}

@@ -9,11 +9,12 @@ import numpy as np
 import pytest
 import torch
 
+from mmpipe.hf import ModelUnavailable
 from mmpipe.io import read_json, read_parquet, write_parquet
 from mmpipe.schemas import item_text, read_features
 from stages import features
 from stages.encoders.builders import build_roberta
-from stages.encoders.kinds import ENCODERS, ClipImageEncoder, ModelUnavailable, RobertaEncoder
+from stages.encoders.kinds import ENCODERS, ClipImageEncoder, RobertaEncoder
 from stages.sources import demo
 
 TINY = {"seed": 1, "hidden_size": 32, "layers": 2, "heads": 2, "vocab_size": 400}
@@ -283,7 +284,7 @@ def test_a_ray_actor_encodes_as_the_driver_and_refuses_other_weights(tmp_path):
     path = build_roberta(tmp_path / "roberta", TINY, demo.vocabulary_texts())
     cfg = {"model": str(path), "batch_size": 8, "max_tokens": 32, "pooling": "mean"}
     driver = RobertaEncoder("roberta", cfg, allow_download=False)
-    fp = features.fingerprint(driver.fingerprint_parts)
+    fp = driver.fingerprint
     texts = ["Soft rattle", "A foldable stroller", "Bib"]
     actor = ChunkEncoder(driver.kind, driver.name, driver.cfg, False, fp)
     out = actor({"chunk": np.array([7]), "inputs": np.array([texts], dtype=object)})

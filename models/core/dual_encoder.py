@@ -29,7 +29,7 @@ from torch import nn
 from tqdm import tqdm
 
 from mmpipe import lmdb_store
-from mmpipe.hf import ModelUnavailable, offline_hint, pick_output, resolve_model
+from mmpipe.hf import hub_errors, pick_output, resolve_model, transformer_blocks
 from mmpipe.io import read_parquet
 from mmpipe.schemas import ITEM_FIELDS, decode_image, item_text
 
@@ -43,14 +43,10 @@ def load_dual_encoder(ref: str, allow_download: bool = False, key: str = "model"
 
     path, local = resolve_model(ref)
     local_only = local or not allow_download
-    try:
+    with hub_errors(key, ref, local):
         model = AutoModel.from_pretrained(path, local_files_only=local_only)
         tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=local_only)
         processor = AutoImageProcessor.from_pretrained(path, local_files_only=local_only)
-    except (OSError, ValueError) as exc:
-        if local:
-            raise ValueError(f"{key} = '{ref}': cannot load a dual encoder with its tokenizer from it: {exc}") from exc
-        raise ModelUnavailable(offline_hint(key, ref)) from exc
     for tower in TOWERS:
         if not hasattr(model, tower):
             raise ValueError(f"{key} = '{ref}': {type(model).__name__} is not a dual image-text encoder (no {tower})")
@@ -64,13 +60,6 @@ def pads_to_max_length(model: nn.Module) -> bool:
     return str(getattr(model.config, "model_type", "")).startswith("siglip")
 
 
-def _blocks(tower: nn.Module) -> nn.ModuleList:
-    blocks = getattr(getattr(tower, "encoder", None), "layers", None)
-    if not isinstance(blocks, nn.ModuleList):
-        raise TypeError(f"{type(tower).__name__}: no encoder.layers block stack")
-    return blocks
-
-
 def freeze_below_top(model: nn.Module, n_trainable_layers: int) -> tuple[int, int]:
     """Train the top `n_trainable_layers` blocks of both towers and every parameter above them; freeze the
     rest. Returns (trainable, frozen) parameter counts."""
@@ -79,7 +68,7 @@ def freeze_below_top(model: nn.Module, n_trainable_layers: int) -> tuple[int, in
         frozen_ids = {id(p) for p in model.parameters()}
     for name in TOWERS:
         tower = getattr(model, name)
-        blocks = _blocks(tower)
+        blocks = transformer_blocks(tower)
         if n_trainable_layers > len(blocks):
             raise ValueError(f"n_trainable_layers = {n_trainable_layers}, but {name} has {len(blocks)} blocks")
         for block in list(blocks)[: len(blocks) - n_trainable_layers]:

@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmpipe.hf import transformer_blocks
 from mmpipe.schemas import decode_image
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5  # PMMRec's normalisation of CLIP inputs
@@ -49,19 +50,6 @@ def load_image_model(ref: str, local_only: bool = True) -> nn.Module:
         return CLIPVisionModel.from_pretrained(ref, local_files_only=local_only)
     finally:
         transformers_logging.set_verbosity(verbosity)
-
-
-def transformer_blocks(model: nn.Module) -> nn.ModuleList:
-    """The stack of transformer blocks of a BERT/RoBERTa-like or CLIP vision model."""
-    for path in ("encoder.layer", "vision_model.encoder.layers", "encoder.layers", "transformer.layer"):
-        node = model
-        for part in path.split("."):
-            node = getattr(node, part, None)
-            if node is None:
-                break
-        if isinstance(node, nn.ModuleList):
-            return node
-    raise TypeError(f"{type(model).__name__}: no transformer block stack found to freeze")
 
 
 def freeze_below_top(model: nn.Module, n_trainable_layers: int) -> tuple[int, int]:

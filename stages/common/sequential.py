@@ -23,7 +23,7 @@ import torch
 
 from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import resolve_device
-from mmpipe.hf import ModelUnavailable, offline_hint, resolve_model
+from mmpipe.hf import hub_errors, resolve_model
 from mmpipe.io import csv_text, read_parquet, write_bytes, write_json, write_text
 from mmpipe.log import get_logger
 from mmpipe.paths import DatasetDir
@@ -91,12 +91,8 @@ def _load(what: str, ref: str, allow_download: bool, loader):
     path, local = resolve_model(ref)
     if not allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    try:
+    with hub_errors(f"train.{MODEL}.{what}", ref, local):
         return loader(path, not allow_download)
-    except (OSError, ValueError) as exc:
-        if local:
-            raise
-        raise ModelUnavailable(offline_hint(f"train.{MODEL}.{what}", ref)) from exc
 
 
 def load_dataset(

@@ -22,6 +22,8 @@ local copy.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -32,7 +34,7 @@ import numpy as np
 import torch
 
 from mmpipe.config import Config, ParamsError, param
-from mmpipe.hf import ModelUnavailable, offline_hint, pick_output, resolve_model
+from mmpipe.hf import hub_errors, pick_output, resolve_model
 from mmpipe.io import sha256_tree
 from mmpipe.schemas import decode_image
 
@@ -143,14 +145,8 @@ class Encoder:
         self.normalize = cfg.normalize
         self.dtype = DTYPES[cfg.dtype]
         self.path, self.local = self._resolve(cfg)
-        try:
+        with hub_errors(f"{name}.model", self.ref, self.local):
             self._load(cfg, local_only=not allow_download)
-        except ParamsError:
-            raise
-        except (OSError, ValueError) as exc:
-            if self.local:
-                raise
-            raise ModelUnavailable(offline_hint(f"{name}.model", self.ref)) from exc
         self.model.to(self.device)
         self.fingerprint_parts: dict[str, Any] = {
             "kind": self.kind,
@@ -159,6 +155,8 @@ class Encoder:
             "normalize": self.normalize,
             **self._fingerprint_extra(cfg),
         }
+        # what the features cache keys its vectors by: equal for equal weights, preprocessing and settings
+        self.fingerprint = hashlib.sha256(json.dumps(self.fingerprint_parts, sort_keys=True).encode()).hexdigest()
 
     def _resolve(self, cfg: EncoderConfig) -> tuple[str, bool]:
         """(what to load, is it on this machine): a local directory or packaged model, else a hub name."""
@@ -346,8 +344,6 @@ class ClipImageEncoder(_ImageEncoder):
         self.dim = int(getattr(config, "projection_dim", None) or config.vision_config.hidden_size)
 
     def _fingerprint_extra(self, cfg: EncoderConfig) -> dict[str, Any]:
-        import json
-
         return {"processor": json.loads(self.processor.to_json_string())}
 
     def image_features(self, pixel_values: torch.Tensor) -> torch.Tensor:

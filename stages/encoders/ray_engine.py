@@ -47,11 +47,10 @@ class ChunkEncoder:
 
     def __init__(self, kind: str, name: str, cfg: Any, allow_download: bool, fingerprint: str) -> None:
         from stages.encoders.kinds import ENCODERS
-        from stages.features import fingerprint as fingerprint_of
 
         device = "cuda" if _has_gpu() else "cpu"
         self.model = ENCODERS[kind](name, cfg, allow_download, device)
-        mine = fingerprint_of(self.model.fingerprint_parts)
+        mine = self.model.fingerprint
         if mine != fingerprint:
             raise RuntimeError(
                 f"{name}: the encoder on Ray node {os.uname().nodename} has fingerprint {mine[:12]}, the driver's "
