@@ -41,8 +41,8 @@ from models.core.trainer import TrainConfig
 from stages import features, finetune_encoder
 from stages.common import pipeline, sequential
 from stages.common.datasets import dataset_config
-from stages.common.params import declared, run_stage
-from stages.common.run import e2e_config
+from stages.common.params import allow_download, declared, run_stage
+from stages.common.run import TrainRuntime, e2e_config
 
 log = get_logger("check")
 
@@ -196,6 +196,8 @@ def run(params: dict[str, Any], out: Path = OUT) -> Path:
             seq_refs.add(ref)
     check_encoder_depths(depths, params)
     check_demo_encoders(cfg, params, seq_refs)
+    TrainRuntime.of(params)  # train.num_threads, train.device, train.processes: types and ranges
+    allow_download(params)
     write_text(out, CONTENT)
     log.info(
         "params.yaml: %d datasets, %d feature sets x %d modalities (%d encoders), %d model runs per dataset: valid",

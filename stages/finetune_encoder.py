@@ -50,7 +50,7 @@ from models.core.dual_encoder import (
     text_features,
 )
 from models.core.trainer import EarlyStopping, Epoch, epoch_loop, state_on_cpu
-from stages.common.params import declared, run_stage
+from stages.common.params import allow_download, declared, run_stage
 
 log = get_logger("finetune_encoder")
 
@@ -99,10 +99,7 @@ def read_config(params: dict[str, Any]) -> tuple[FinetuneConfig, bool]:
     if "finetune" not in params:
         raise ParamsError("params.yaml: key 'finetune' is missing (the finetune_encoder stage's block)")
     cfg = FinetuneConfig.parse(params["finetune"], "finetune")
-    allow_download = (params.get("features") or {}).get("allow_download", False)
-    if not isinstance(allow_download, bool):
-        raise ParamsError(f"params.yaml: features.allow_download = {allow_download!r}: expected true or false")
-    return cfg, allow_download
+    return cfg, allow_download(params)
 
 
 def output_dir(ds: DatasetDir) -> Path:

@@ -55,6 +55,7 @@ from stages.common.run import (
     FLAGS,
     OPTIONAL_FLAGS,
     RunSpec,
+    TrainRuntime,
     build_model,
     checkpoint_bytes,
     load_data,
@@ -143,10 +144,7 @@ def run(
 def requested_processes(argv: list[str]) -> int:
     """`train.processes` of the params file the command line names (1 when unset)."""
     args, _ = stage_parser("", optional=FLAGS + OPTIONAL_FLAGS).parse_known_args(argv)
-    value = (load_params(args.params).get("train") or {}).get("processes", 1)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ParamsError(f"params.yaml: train.processes = {value!r}: expected an integer >= 1")
-    return value
+    return TrainRuntime.of(load_params(args.params)).processes
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -173,3 +173,22 @@ def test_the_evaluator_ranks_on_the_gpu_as_on_the_cpu():
     cpu, rank_cpu = evaluate(lambda u: scores[u.cpu()], train, truth, [5, 20], 16, "cpu")
     gpu, rank_gpu = evaluate(lambda u: scores.cuda()[u], train, truth, [5, 20], 16, "cuda")
     assert cpu == gpu and np.array_equal(rank_cpu.topk, rank_gpu.topk)
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("num_threads", -1, r"train.num_threads = -1: must be >= 0"),
+        ("num_threads", True, r"train.num_threads = True: expected an integer"),
+        ("processes", 0, r"train.processes = 0: must be >= 1"),
+        ("device", 3, r"train.device = 3: expected a string"),
+    ],
+)
+def test_the_check_stage_refuses_a_bad_training_runtime(key, value, message, params, tmp_path):
+    """train.num_threads / processes / device are read in one place (stages/common/run.TrainRuntime), and
+    the check stage applies it before any data stage runs."""
+    from stages import check
+
+    params["train"][key] = value
+    with pytest.raises(ParamsError, match=message):
+        check.run(params, out=tmp_path / "params.checked")

@@ -66,6 +66,14 @@ def declared(params: dict[str, Any], keys: Iterable[str]) -> dict[str, Any]:
     return out
 
 
+def allow_download(params: dict[str, Any]) -> bool:
+    """`features.allow_download`, read in one place for every stage that loads a pretrained model."""
+    value = (params.get("features") or {}).get("allow_download", False)
+    if not isinstance(value, bool):
+        raise ParamsError(f"params.yaml: features.allow_download = {value!r}: expected true or false")
+    return value
+
+
 def stage_parser(description: str, *flags: str, optional: Iterable[str] = ()) -> argparse.ArgumentParser:
     """The command line of a stage: `--<flag> <value>` for each of its instance arguments, `--params`."""
     parser = argparse.ArgumentParser(description=description)

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from mmpipe.config import ParamsError
+from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import resolve_device
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, RUNS, DatasetDir, RunFiles, run_dir
@@ -31,6 +31,7 @@ from models.core.dual_encoder import (
 from models.core.end_to_end import EncoderTowers, EndToEnd, EndToEndConfig, knn_graph
 from models.core.registry import get_model
 from stages.common import pipeline
+from stages.common.params import allow_download
 
 log = get_logger("run")
 
@@ -38,6 +39,24 @@ FLAGS = ("dataset", "model", "setting", "group")
 OPTIONAL_FLAGS = ("feature_set",)
 E2E = "e2e"  # the stage group (and run folder) of the models trained end to end with their encoder
 E2E_KEYS = ["train.e2e", "features.allow_download"]
+
+
+@dataclass(frozen=True)
+class TrainRuntime(Config):
+    """How every training stage runs (train, evaluate, pretrain, transfer), read in one place."""
+
+    num_threads: int = param(0, ge=0, doc="torch threads; 0: this process's fair share of the cores")
+    device: str = param("auto", doc="auto, cpu, cuda or cuda:N")
+    processes: int = param(1, ge=1, doc="> 1: that many torchrun processes (DDP)")
+
+    @classmethod
+    def of(cls, params: dict[str, Any]) -> TrainRuntime:
+        train, known = params.get("train") or {}, cls.keys()
+        return cls.parse({k: v for k, v in train.items() if k in known}, "train")
+
+    @property
+    def torch_device(self) -> torch.device:
+        return resolve_device(self.device, "train.device")
 
 
 @dataclass(frozen=True)
@@ -93,15 +112,19 @@ def run_spec(
     if setting == "cold" and not cls.scores_cold_items:
         raise ParamsError(f"model '{model}' cannot score cold items; it runs in the warm setting only")
     modalities = pipeline.modalities(params) if group != "id" else ()
-    train = params.get("train") or {}
-    threads = train.get("num_threads", 0)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ParamsError(f"params.yaml: train.num_threads = {threads!r}: expected an integer >= 0 (0: all cores)")
-    device = train.get("device", "auto")
-    if not isinstance(device, str):
-        raise ParamsError(f"params.yaml: train.device = {device!r}: expected auto, cpu, cuda or cuda:N")
-    device = resolve_device(device, "train.device")
-    return RunSpec(dataset, model, setting, group, feature_set, cls, modalities, threads, device, Path(runs))
+    runtime = TrainRuntime.of(params)
+    return RunSpec(
+        dataset,
+        model,
+        setting,
+        group,
+        feature_set,
+        cls,
+        modalities,
+        runtime.num_threads,
+        runtime.torch_device,
+        Path(runs),
+    )
 
 
 def load_data(spec: RunSpec, processed: Path = PROCESSED) -> tuple[TrainData, Split]:
@@ -130,8 +153,7 @@ def build_model(
     if spec.group != E2E:
         return spec.cls(data, hp)
     cfg = e2e_config(params)
-    allow_download = bool((params.get("features") or {}).get("allow_download", False))
-    encoder, tokenizer, processor = load_dual_encoder(cfg.model, allow_download, key="train.e2e.model")
+    encoder, tokenizer, processor = load_dual_encoder(cfg.model, allow_download(params), key="train.e2e.model")
     trainable, frozen = freeze_below_top(encoder, cfg.n_trainable_layers)
     set_gradient_checkpointing(encoder, cfg.gradient_checkpointing)
     ds = DatasetDir.of(spec.dataset, processed)

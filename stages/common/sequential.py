@@ -21,8 +21,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mmpipe.config import Config, ParamsError, param
-from mmpipe.devices import resolve_device
+from mmpipe.config import Config, param
 from mmpipe.hf import hub_errors, resolve_model
 from mmpipe.io import csv_text, read_parquet, write_bytes, write_json, write_text
 from mmpipe.log import get_logger
@@ -34,6 +33,8 @@ from models.pmmrec import PMMRec, SeqData
 from models.seq.data import Sequences, concat_sequences, load_sequences
 from models.seq.towers import decode_images, load_image_model, load_text_model, read_item_images, tokenize
 from models.seq.trainer import SeqTrainConfig
+from stages.common.params import allow_download
+from stages.common.run import TrainRuntime
 
 log = get_logger("sequential")
 
@@ -78,13 +79,9 @@ def train_config(params: dict[str, Any], *changes: Mapping[str, Any] | None, whe
 
 
 def runtime(params: dict[str, Any]) -> tuple[torch.device, int, bool]:
-    train = params.get("train") or {}
-    device = resolve_device(str(train.get("device", "auto")), "train.device")
-    threads = train.get("num_threads", 0)
-    if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
-        raise ParamsError(f"params.yaml: train.num_threads = {threads!r}: expected an integer >= 0 (0: all cores)")
-    allow = (params.get("features") or {}).get("allow_download", False)
-    return device, threads, bool(allow)
+    """(device, torch threads, downloads allowed) of the pretrain and transfer stages."""
+    run = TrainRuntime.of(params)
+    return run.torch_device, run.num_threads, allow_download(params)
 
 
 def _load(what: str, ref: str, allow_download: bool, loader):
