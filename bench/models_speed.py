@@ -13,6 +13,10 @@ params and prints:
 - bound: the same epoch's arithmetic alone: the model's per-epoch work (`on_epoch_start`) and, for
   batches drawn beforehand, loss forward, backward and the optimiser step; `x bound` = s/epoch / bound,
   what the trainer adds on top of the model's own sparse and dense products (goal: <= 1.5);
+- phys s: the epoch's physical bound (`bench/physical_bound.py`): the bytes its sparse products, row
+  gathers/scatters and Adam must move and the FLOPs of its dense products, over the gather and copy
+  bandwidth and matmul throughput measured on this machine at this thread count; `x phys` = s/epoch over
+  it (element-wise work is left out: a lower bound);
 - det. cost: the bound measured with `torch.use_deterministic_algorithms(True)` (the default) over the
   bound without it;
 - 1->2 threads: the speed-up of s/epoch from the first to the last thread count.
@@ -37,6 +41,7 @@ import numpy as np
 import torch
 
 from bench.mmrec_baby import import_through_pipeline
+from bench.physical_bound import Machine, epoch_work, measure_machine
 from models.core.base import TrainData
 from models.core.data import load_train_data
 from models.core.registry import all_models, get_model, model_config
@@ -71,12 +76,12 @@ class Row:
     eval_s: float
     bound_s: float
     bound_nondet_s: float
+    physical_s: float
     recall: float
 
 
-def bound_epoch(model, data: TrainData, cfg: TrainConfig, rng: np.random.Generator, deterministic: bool) -> float:
-    """Seconds of one epoch of the model's own arithmetic, the batches (and negatives) drawn beforehand."""
-    torch.use_deterministic_algorithms(deterministic)
+def draw_batches(data: TrainData, cfg: TrainConfig, rng: np.random.Generator) -> list[tuple[torch.Tensor, ...]]:
+    """One epoch's (users, positives, negatives) batches, drawn as the trainer draws them."""
     coo = data.train.tocoo()
     users_all, items_all = coo.row.astype(np.int64), coo.col.astype(np.int64)
     sampler = NegativeSampler(data.train)
@@ -86,21 +91,41 @@ def bound_epoch(model, data: TrainData, cfg: TrainConfig, rng: np.random.Generat
         idx = order[s : s + cfg.batch_size]
         neg = sampler.sample(rng, users_all[idx])
         batches.append(tuple(torch.from_numpy(a) for a in (users_all[idx], items_all[idx], neg)))
+    return batches
+
+
+def run_batches(model, batches: list[tuple[torch.Tensor, ...]], cfg: TrainConfig, rng: np.random.Generator) -> int:
+    """The epoch's arithmetic: the model's per-epoch work, then loss, backward and Adam per batch."""
     optimizer = model.make_optimizer(model.lr if model.lr is not None else cfg.lr)
     model.train()
-    start = time.perf_counter()
     model.on_epoch_start(2, rng)
     for users, pos, neg in batches:
         loss = model.loss(users, pos, neg)
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
+    return len(batches)
+
+
+def bound_epoch(model, data: TrainData, cfg: TrainConfig, rng: np.random.Generator, deterministic: bool) -> float:
+    """Seconds of one epoch of the model's own arithmetic, the batches (and negatives) drawn beforehand."""
+    torch.use_deterministic_algorithms(deterministic)
+    batches = draw_batches(data, cfg, rng)
+    start = time.perf_counter()
+    run_batches(model, batches, cfg, rng)
     seconds = time.perf_counter() - start
     torch.use_deterministic_algorithms(True)
     return seconds
 
 
-def measure(name: str, params: dict, data: TrainData, valid, epochs: int) -> Row:
+def physical_epoch(model, data: TrainData, cfg: TrainConfig, rng: np.random.Generator, machine: Machine) -> float:
+    """The epoch's physical bound on `machine` (bench/physical_bound.py)."""
+    batches = draw_batches(data, cfg, rng)
+    trained = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return epoch_work(lambda: run_batches(model, batches, cfg, rng), trained).seconds(machine)
+
+
+def measure(name: str, params: dict, data: TrainData, valid, epochs: int, machine: Machine) -> Row:
     cls = get_model(name)
     hp, trainer = model_config(name, params["train"][name])
     cfg = TrainConfig.from_params(params["train"]["common"], trainer, {"epochs": epochs, "patience": 10**6})
@@ -111,32 +136,40 @@ def measure(name: str, params: dict, data: TrainData, valid, epochs: int) -> Row
     train_s = [r["train_seconds"] for r in rows if r.get("train_seconds")]
     eval_s = [r["eval_seconds"] for r in rows if r.get("eval_seconds") is not None]
     epoch_s = float(np.median(train_s)) if train_s else 0.0
-    bound = nondet = 0.0
+    bound = nondet = physical = 0.0
     if cls.trainable:
         rng = np.random.default_rng(cfg.seed)
         runs = [(bound_epoch(model, data, cfg, rng, True), bound_epoch(model, data, cfg, rng, False))
                 for _ in range(epochs)]  # fmt: skip
         bound = float(np.median([a for a, _ in runs]))
         nondet = float(np.median([b for _, b in runs]))
-    return Row(epoch_s, float(np.median(eval_s)), bound, nondet, result.best_valid["recall@20"])
+        physical = physical_epoch(model, data, cfg, rng, machine)
+    return Row(epoch_s, float(np.median(eval_s)), bound, nondet, physical, result.best_valid["recall@20"])
 
 
 def print_table(title: str, names: list[str], params: dict, data: TrainData, valid, threads: list[int], epochs: int):
     print(f"\n{title}: {data.n_users} users, {data.n_items} items, {data.train.nnz} training interactions; "
           f"median of {epochs} epochs")  # fmt: skip
+    machines = {}
+    for n in threads:
+        torch.set_num_threads(n)
+        machines[n] = measure_machine(data.n_users + data.n_items, 64, 2 * data.train.nnz)
+        print(f"machine, {machines[n].describe()}")
+    last = f"1->{threads[-1]} threads"
     print(f"{'model':10s} {'threads':>7s} {'s/epoch':>8s} {'eval s':>7s} {'bound s':>8s} {'x bound':>8s} "
-          f"{'det. cost':>9s} {'R@20':>7s} {'1->' + str(threads[-1]) + ' threads':>12s}")  # fmt: skip
+          f"{'phys s':>8s} {'x phys':>7s} {'det. cost':>9s} {'R@20':>7s} {last:>12s}")  # fmt: skip
     for name in names:
         first = None
         for n in threads:
             torch.set_num_threads(n)
-            row = measure(name, params, data, valid, epochs)
+            row = measure(name, params, data, valid, epochs, machines[n])
             first = first or row
             ratio = f"{row.epoch_s / row.bound_s:8.2f}" if row.bound_s else f"{'-':>8s}"
+            phys = f"{row.epoch_s / row.physical_s:7.1f}" if row.physical_s else f"{'-':>7s}"
             det = f"{row.bound_s / row.bound_nondet_s:9.2f}" if row.bound_nondet_s else f"{'-':>9s}"
             speedup = f"{first.epoch_s / row.epoch_s:12.2f}" if n == threads[-1] and row.epoch_s else f"{'':12s}"
-            print(f"{name:10s} {n:7d} {row.epoch_s:8.3f} {row.eval_s:7.3f} {row.bound_s:8.3f} {ratio} {det} "
-                  f"{row.recall:7.4f} {speedup}", flush=True)  # fmt: skip
+            print(f"{name:10s} {n:7d} {row.epoch_s:8.3f} {row.eval_s:7.3f} {row.bound_s:8.3f} {ratio} "
+                  f"{row.physical_s:8.3f} {phys} {det} {row.recall:7.4f} {speedup}", flush=True)  # fmt: skip
 
 
 def main(argv: list[str] | None = None) -> int:
