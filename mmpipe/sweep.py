@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import io
+import re
 import statistics
 import sys
 from collections.abc import Sequence
@@ -79,10 +80,13 @@ def axes_of(rows: list[dict[str, Any]], metric_columns: set[str], seed_key: str)
     return [c for c in varying if c != seed_key and not _is_dependency_hash(rows, c)]
 
 
+DEPENDENCY_HASH = re.compile(r"[0-9a-f]{32}(\.dir)?")  # a file's md5, a folder's md5 + ".dir"
+
+
 def _is_dependency_hash(rows: list[dict[str, Any]], column: str) -> bool:
-    """exp_show also lists file dependencies (their md5 hashes) beside the params; they are not axes."""
+    """exp_show also lists file and folder dependencies (their md5 hashes) beside the params: not axes."""
     values = [r.get(column) for r in rows if r.get(column) is not None]
-    return all(isinstance(v, str) and len(v) == 32 and all(c in "0123456789abcdef" for c in v) for v in values)
+    return all(isinstance(v, str) and DEPENDENCY_HASH.fullmatch(v) for v in values)
 
 
 def collect(

@@ -31,6 +31,7 @@ def row(name: str, reg: float, seed: int, valid: float | None, test: float | Non
         "runs/demo/pop/warm/metrics.json:valid.recall@20": 0.9,
         "train.lattice.reg_weight": reg, "train.common.seed": float(seed), "train.lattice.lr": 0.001,
         "stages/train.py": "0123456789abcdef0123456789abcdef" if seed else "fedcba9876543210fedcba9876543210",
+        "runs": f"{seed:032x}.dir",  # a folder dependency: its hash differs between experiments
         **extra,
     }  # fmt: skip
 
@@ -38,7 +39,7 @@ def row(name: str, reg: float, seed: int, valid: float | None, test: float | Non
 def test_the_point_is_chosen_on_validation_and_reported_over_seeds():
     """reg 1e-3 is best on test (planted) but not on validation: the table marks reg 1e-4, the best mean
     validation over its three seeds, and gives mean +- sample sd; a queued experiment without metrics and
-    the workspace row are left out; the file dependency's hash is not taken for a grid axis."""
+    the workspace row are left out; the file and folder dependencies' hashes are not taken for grid axes."""
     rows = [
         {**row("workspace", 0.0, 0, 0.1, 0.1), "rev": "workspace"},
         row("a", 0.0, 1, 0.30, 0.30), row("b", 0.0, 2, 0.32, 0.31), row("c", 0.0, 3, 0.34, 0.32),
