@@ -27,6 +27,7 @@ from pathlib import Path
 import yaml
 
 from mmpipe.io import read_json
+from mmpipe.paths import PROCESSED, RUNS, DatasetDir, RunFiles, run_dir
 from profiles.apply import with_profile
 from stages import features
 
@@ -52,8 +53,8 @@ def train_run(params: dict, work: Path, processes: int) -> dict:
     command = [sys.executable, "-m", "stages.train", "--dataset", "demo", "--model", "lightgcn", "--setting",
                "warm", "--group", "id"]  # fmt: skip
     subprocess.run(command, cwd=work, env=env, check=True, stderr=subprocess.DEVNULL)
-    run = work / "runs/demo/lightgcn/warm"
-    return {**read_json(run / "train.json"), **read_json(run / "train_times.json")}
+    run = RunFiles(run_dir("demo", "lightgcn", "warm", runs=work / RUNS))
+    return {**read_json(run.train_summary), **read_json(run.train_times)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -65,8 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         processed = Path(tmp) / "processed"
         (processed / "demo").mkdir(parents=True)
-        for name in ("items.parquet", "images.lmdb"):
-            shutil.copy(ROOT / "processed/demo" / name, processed / "demo" / name)
+        demo, copy = DatasetDir.of("demo", ROOT / PROCESSED), DatasetDir.of("demo", processed)
+        for source, target in ((demo.items, copy.items), (demo.images, copy.images)):
+            shutil.copy(source, target)
         print(f"{'features (demo clip, image)':32s} {'seconds':>8s} {'items/s':>8s} {'vs local':>9s}")
         local_rate = None
         for engine, workers in (("local", 1), ("ray", 1), ("ray", 2)):

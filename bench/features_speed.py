@@ -25,6 +25,7 @@ import torch
 
 from mmpipe import lmdb_store
 from mmpipe.io import read_parquet, write_parquet
+from mmpipe.paths import PROCESSED, DatasetDir
 from mmpipe.schemas import item_text
 from mmpipe.threads import use_threads
 from profiles.apply import with_profile
@@ -57,22 +58,24 @@ def demo_data(tmp: Path) -> tuple[Path, list[str], list[bytes]]:
     download.run("demo", params, tmp / "raw")
     ingest.run("demo", params, tmp / "raw", tmp / "processed")
     images.run("demo", params, tmp / "raw", tmp / "processed")
-    items = read_parquet(tmp / "processed/demo/items.parquet").to_pylist()
+    demo = DatasetDir.of("demo", tmp / PROCESSED)
+    items = read_parquet(demo.items).to_pylist()
     fields = ("title", "brand", "categories", "description")
     template = params["features"]["default"]["text"]["template"]
     texts = [t for t in (item_text({k: r[k] for k in fields}, template) for r in items) if t]
-    with lmdb_store.reading(tmp / "processed/demo/images.lmdb") as txn:
+    with lmdb_store.reading(demo.images) as txn:
         jpegs = [value for _, value in txn.cursor()]
     return tmp / "processed", texts, jpegs
 
 
 def cache_counters(processed: Path) -> None:
     params = with_profile(load_params(ROOT / "params.yaml"), "full")
-    full = read_parquet(processed / "demo/items.parquet")
+    demo = DatasetDir.of("demo", processed)
+    full = read_parquet(demo.items)
     keep = int(len(full) * 0.9)
-    write_parquet(processed / "demo/items.parquet", full.slice(0, keep))
+    write_parquet(demo.items, full.slice(0, keep))
     first = features.run("demo", "default", "text", params, processed)  # the default set's text: MiniLM
-    write_parquet(processed / "demo/items.parquet", full)
+    write_parquet(demo.items, full)
     second = features.run("demo", "default", "text", params, processed)
     new = second["with_input"] - first["with_input"]
     print(f"\ncache: run 1 on {keep} items encoded {first['encoded']}; after the item set grew by "

@@ -16,7 +16,7 @@ import sys
 import numpy as np
 
 from mmpipe.io import read_parquet
-from mmpipe.paths import PROCESSED
+from mmpipe.paths import DatasetDir
 from mmpipe.schemas import read_features
 
 
@@ -39,8 +39,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", default="demo")
     parser.add_argument("--k", type=int, default=10)
     args = parser.parse_args(argv)
-    root = PROCESSED / args.dataset
-    labels = category_labels(read_parquet(root / "items.parquet", columns=["categories"])["categories"].to_pylist())
+    ds = DatasetDir.of(args.dataset)
+    root = ds.root
+    labels = category_labels(read_parquet(ds.items, columns=["categories"])["categories"].to_pylist())
     sets = sorted(p.parent.name for p in (root / "features").glob("*/image.parquet"))
     if not sets:
         print(f"no image features under {root / 'features'}: run the pipeline first (dvc repro)", file=sys.stderr)

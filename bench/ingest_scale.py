@@ -34,6 +34,8 @@ from typing import Any
 
 import numpy as np
 
+from mmpipe.paths import MANIFEST, PROCESSED, DatasetDir
+
 CACHE = Path(__file__).resolve().parent / ".cache" / "ingest_scale"
 REVIEWS_FILE = "reviews_Bench.json.gz"
 META_FILE = "meta_Bench.json.gz"
@@ -236,7 +238,7 @@ def write_manifest(raw_dir: Path, reviews: str, meta: str, generator: dict[str, 
         ],
         "generator": generator,
     }
-    (raw_dir / "MANIFEST.json").write_text(json.dumps(manifest, indent=1) + "\n")
+    (raw_dir / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
 
 
 # ----------------------------------------------------------------------------------------------- measuring
@@ -346,10 +348,10 @@ def check_sample(reviews: Path, meta: Path, n_lines: int, work: Path) -> bool:
     start = time.perf_counter()
     stats = ingest.run("sample", bench_params(), work / "raw", work / "processed")
     seconds = time.perf_counter() - start
-    out = work / "processed" / "sample"
-    inter = pq.read_table(out / "interactions.parquet").to_pydict()
-    users = pq.read_table(out / "users.parquet").column("user_id").to_pylist()
-    items = pq.read_table(out / "items.parquet").column("item_id").to_pylist()
+    out = DatasetDir.of("sample", work / PROCESSED)
+    inter = pq.read_table(out.interactions).to_pydict()
+    users = pq.read_table(out.users).column("user_id").to_pylist()
+    items = pq.read_table(out.items).column("item_id").to_pylist()
     got = {
         (users[u], items[i], t, float(r))
         for u, i, t, r in zip(inter["user_idx"], inter["item_idx"], inter["timestamp"], inter["rating"], strict=True)
@@ -387,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
 
     raw_root = CACHE / f"r{args.reviews}-m{args.meta}-s{args.seed}"
     raw_dir = raw_root / "bench"
-    if not (raw_dir / "MANIFEST.json").is_file():
+    if not (raw_dir / MANIFEST).is_file():
         cmd = [sys.executable, "-c", f"from bench.ingest_scale import generate; from pathlib import Path; "
                f"generate(Path({str(raw_dir)!r}), {args.reviews}, {args.meta}, {args.seed})"]  # fmt: skip
         subprocess.run(cmd, check=True, cwd=Path(__file__).resolve().parents[1])

@@ -17,6 +17,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import math
 import resource
@@ -27,9 +28,10 @@ import numpy as np
 import torch
 import yaml
 
+from mmpipe.hf import freeze_below_top
 from mmpipe.threads import use_threads
-from models.core.dual_encoder import freeze_below_top, image_features, text_features
-from models.core.trainer import NegativeSampler
+from models.core.dual_encoder import TOWERS, image_features, text_features
+from models.core.trainer import fit
 from profiles.apply import with_profile
 from stages import train
 from stages.common.run import build_model, load_data, run_spec
@@ -39,37 +41,31 @@ BABY_ITEMS, BABY_TRAIN, BATCH = 7050, 118_551, 2048  # MMRec's Baby split
 
 
 def demo_epochs(params: dict, model: str, epochs: int) -> tuple[float, float, float]:
-    """(s/epoch, items/s with gradients, items/s without) of `model` trained end to end on the demo."""
+    """(s/epoch, items/s with gradients, items/s without) of `model` trained end to end on the demo, by the
+    train stage's own loop (`fit`), its feature-table pass and its steps timed apart."""
     spec = run_spec("demo", model, "warm", "e2e", None, params)
     hp, cfg = train.training_config(spec, params)
-    data, _ = load_data(spec)
+    cfg = dataclasses.replace(cfg, epochs=epochs, eval_every=epochs, patience=epochs)
+    data, split = load_data(spec)
     torch.manual_seed(cfg.seed)
     net = build_model(spec, data, hp, params).move_to(spec.device)
-    optimizer = net.make_optimizer(net.lr if net.lr is not None else cfg.lr)
-    coo = data.train.tocoo()
-    users_all, items_all = coo.row.astype(np.int64), coo.col.astype(np.int64)
-    sampler, rng = NegativeSampler(data.train), np.random.default_rng(0)
-    grad_items, nograd_items, seconds, nograd_seconds = 0, 0, [], 0.0
-    net.train()
-    for epoch in range(1, epochs + 1):
+    table_seconds, grad_items = [], [0]
+    start_epoch, loss = net.on_epoch_start, net.loss
+
+    def timed_start(epoch: int, rng: np.random.Generator) -> None:
         start = time.perf_counter()
-        net.on_epoch_start(epoch, rng)  # the feature table: every item encoded without gradients
-        nograd_items += net.n_items
-        nograd_seconds += time.perf_counter() - start
-        order = rng.permutation(len(users_all))
-        for s in range(0, len(order), cfg.batch_size):
-            idx = order[s : s + cfg.batch_size]
-            users, pos = users_all[idx], items_all[idx]
-            neg = sampler.sample(rng, users)
-            batch = [torch.from_numpy(a) for a in (users, pos, neg)]
-            grad_items += len(net.step_items(batch[1], batch[2]))
-            loss = net.loss(*batch)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-        seconds.append(time.perf_counter() - start)  # an epoch: the table and the steps (validation apart)
-    steps_seconds = sum(seconds) - nograd_seconds
-    return float(np.mean(seconds)), grad_items / steps_seconds, nograd_items / nograd_seconds
+        start_epoch(epoch, rng)  # the feature table: every item encoded without gradients
+        table_seconds.append(time.perf_counter() - start)
+
+    def counted_loss(users: torch.Tensor, pos: torch.Tensor, neg: torch.Tensor) -> torch.Tensor:
+        grad_items[0] += len(net.step_items(pos, neg))
+        return loss(users, pos, neg)
+
+    net.on_epoch_start, net.loss = timed_start, counted_loss
+    result = fit(net, data, split.valid, cfg, logging.getLogger("bench"), progress=False)
+    seconds = [row["train_seconds"] for row in result.history]  # an epoch: the table and the steps
+    steps_seconds = sum(seconds) - sum(table_seconds)
+    return float(np.mean(seconds)), grad_items[0] / steps_seconds, len(table_seconds) * net.n_items / sum(table_seconds)
 
 
 def real_size_rates(n_items: int, trainable: int) -> tuple[float, float, float]:
@@ -85,7 +81,7 @@ def real_size_rates(n_items: int, trainable: int) -> tuple[float, float, float]:
     )  # fmt: skip
     torch.manual_seed(0)
     model = CLIPModel(config)
-    freeze_below_top(model, trainable)
+    freeze_below_top(model, trainable, towers=TOWERS, heads=True)
     pixels = torch.randn(n_items, 3, 224, 224)
     ids = torch.randint(0, config.text_config.vocab_size - 1, (n_items, 77))
     mask = torch.ones_like(ids)

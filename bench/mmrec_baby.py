@@ -22,6 +22,7 @@ from pathlib import Path
 import scipy.sparse as sp
 import torch
 
+from mmpipe.paths import PUBLISHED
 from mmpipe.threads import use_threads
 from models.core.base import TrainData
 from models.core.data import load_split
@@ -59,7 +60,7 @@ def main(argv: list[str] | None = None) -> int:
         n_users, n_items, (train, valid, test) = import_through_pipeline(args.inter, Path(work))
     print(f"{args.inter}: {n_users} users, {n_items} items, train/valid/test {train.nnz}/{valid.nnz}/{test.nnz}")
     params = load_params(ROOT / "params.yaml")
-    published_table = load_published(ROOT / "reports/published.yaml")["mmrec-baby"].results
+    published_table = load_published(ROOT / PUBLISHED)["mmrec-baby"].results
     print(f"{'model':9s} {'R@20':>7s} {'N@20':>7s} {'published':>16s} {'best epoch':>10s} {'s/epoch':>8s}")
     for name in args.models.split(","):
         cls = get_model(name)

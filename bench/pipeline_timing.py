@@ -28,11 +28,12 @@ from pathlib import Path
 
 import yaml
 
+from mmpipe.paths import PUBLISHED
 from profiles.apply import edit_params
 
 ROOT = Path(__file__).resolve().parents[1]
 PROJECT_FILES = [
-    "mmpipe", "stages", "models", "dvc.yaml", "pipelines", "params.yaml", "profiles", "reports/published.yaml",
+    "mmpipe", "stages", "models", "dvc.yaml", "pipelines", "params.yaml", "profiles", str(PUBLISHED),
     "raw/encoders/README.md", "pyproject.toml", ".dvcignore", ".gitignore",
 ]  # fmt: skip
 RUNNING = re.compile(r"Running stage '(?:[^':]*dvc\.yaml:)?([^']+)'")

@@ -21,6 +21,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+from mmpipe.io import read_json
+from mmpipe.paths import RunFiles, run_dir
 from profiles.apply import with_profile
 from stages import transfer
 
@@ -45,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
             params["seq"]["train"]["seed"] = base_seed + k
             with tempfile.TemporaryDirectory() as tmp:
                 summary = transfer.run(target, variant, params, ROOT / "processed", Path(tmp))
-                result = yaml.safe_load((Path(tmp) / target / "pmmrec" / variant / "evaluation.json").read_text())
+                result = read_json(RunFiles(run_dir(target, "pmmrec", variant, runs=Path(tmp))).evaluation)
             hr.append(result["test"]["hr@10"])
             ndcg.append(result["test"]["ndcg@10"])
             speed.append(summary["seconds_per_epoch"])

@@ -17,6 +17,7 @@ from bench import (
     pmmrec_ablation,
     pmmrec_real,
 )
+from mmpipe.paths import PROCESSED, DatasetDir
 
 BENCHMARKS = [
     ("pipeline_timing: where `dvc repro` spends its time, tour and full size (about 20 minutes)", pipeline_timing.main),
@@ -43,7 +44,7 @@ def main() -> int:
         print(f"\n== {title} ==", flush=True)
         run([])
     print(f"\n== {ABLATION} ==", flush=True)
-    if (pmmrec_ablation.ROOT / "processed/demo_b/interactions.parquet").is_file():
+    if DatasetDir.of("demo_b", pmmrec_ablation.ROOT / PROCESSED).interactions.is_file():
         pmmrec_ablation.main([])
     else:
         print("not run: the workspace has no processed/demo_b yet (run `dvc repro` first)")

@@ -83,6 +83,8 @@ def hub_errors(key: str, ref: str, local: bool) -> Iterator[None]:
         raise ModelUnavailable(offline_hint(key, ref)) from exc
 
 
+CONFIG_FILE = "config.json"  # what save_pretrained writes beside the weights: the architecture
+
 # where BERT/RoBERTa-like, CLIP/SigLIP towers and DistilBERT-like models keep their blocks
 BLOCK_STACKS = ("encoder.layer", "encoder.layers", "vision_model.encoder.layers", "transformer.layer")
 
@@ -98,3 +100,40 @@ def transformer_blocks(model: nn.Module) -> nn.ModuleList:
         if isinstance(node, nn.ModuleList):
             return node
     raise TypeError(f"{type(model).__name__}: no transformer block stack found ({', '.join(BLOCK_STACKS)})")
+
+
+# what sits below the blocks in a tower (frozen with the lower blocks): embeddings, CLIP vision's pre-norm
+STEMS = ("embeddings", "pre_layrnorm")
+
+
+def freeze_below_top(
+    model: nn.Module, n_trainable_layers: int, towers: tuple[str, ...] = (), heads: bool = False
+) -> tuple[int, int]:
+    """Train the top `n_trainable_layers` transformer blocks of each tower (of `model` itself when no tower is
+    named) and freeze the rest; with `heads`, what sits above the blocks trains too (final norms, pooling
+    heads, projections, logit scale), unless no block trains. Returns (trainable, frozen) parameter counts.
+
+    Two scopes because two callers differ: a dual encoder fine-tuned whole (LMM4Rec) trains its heads with
+    its top blocks; PMMRec's towers feed the top block's output to their own projection, so the encoder's
+    heads are unused and stay frozen.
+    """
+    parts = [(name, getattr(model, name)) for name in towers] or [("the encoder", model)]
+    trained: set[int] = set()
+    below: set[int] = set()
+    for name, part in parts:
+        blocks = list(transformer_blocks(part))
+        if n_trainable_layers > len(blocks):
+            raise ValueError(f"n_trainable_layers = {n_trainable_layers}, but {name} has {len(blocks)} blocks")
+        cut = len(blocks) - n_trainable_layers
+        trained |= {id(p) for block in blocks[cut:] for p in block.parameters()}
+        below |= {id(p) for block in blocks[:cut] for p in block.parameters()}
+        below |= {id(p) for stem in STEMS if hasattr(part, stem) for p in getattr(part, stem).parameters()}
+    if heads and n_trainable_layers > 0:
+        trained |= {id(p) for p in model.parameters() if id(p) not in below}
+    trainable = frozen = 0
+    for p in model.parameters():
+        train = id(p) in trained
+        p.requires_grad_(train)
+        trainable += p.numel() if train else 0
+        frozen += 0 if train else p.numel()
+    return trainable, frozen

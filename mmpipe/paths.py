@@ -15,7 +15,21 @@ ENCODERS = RAW / "encoders"  # local model weights: the demo encoders, and real 
 PROCESSED = Path("processed")
 RUNS = Path("runs")
 REPORTS = Path("reports")
-MANIFEST = "MANIFEST.json"
+MANIFEST = "MANIFEST.json"  # raw/<ds>/MANIFEST.json: every raw file of a dataset, its role, format and hash
+RAW_IMAGES = "images"  # raw/<ds>/images/: images fetched from the items' URLs or unpacked from an archive
+DEMO_TRUTH = "demo_truth.json"  # raw/demo/demo_truth.json: the generator's planted structure (for tests)
+PARAMS_CHECKED = PROCESSED / "params.checked"  # the check stage's output: params.yaml passed
+PUBLISHED = REPORTS / "published.yaml"  # the papers' tables the report sets beside ours
+# MMRec's dataset layout (what the export stage writes and the `mmrec` source reads): <ds>.inter + these
+MMREC_USER_MAP = "u_id_mapping.csv"
+MMREC_ITEM_MAP = "i_id_mapping.csv"
+
+
+def feature_file(modality: str) -> str:
+    """MMRec's and LATTICE's per-modality feature matrix, `<modality>_feat.npy` (row i is item i)."""
+    return f"{modality}_feat.npy"
+
+
 # raw/<ds>/images/<item_id><ext>: the suffixes an item's image file may have (download writes them,
 # the images stage looks for them in this order).
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".gif")
@@ -58,6 +72,14 @@ class DatasetDir:
     def shipped(self) -> Path:
         """Features a source ships with its files (MMRec/LATTICE .npy, Amazon 2014 CNN), one Parquet per role."""
         return self.root / "shipped"
+
+    def shipped_features(self, role: str) -> Path:
+        return self.shipped / f"{role}.parquet"
+
+    @property
+    def shipped_index(self) -> Path:
+        """`shipped/index.json`: per role, how many items have features and their dimension."""
+        return self.shipped / "index.json"
 
     def split(self, setting: str) -> Path:
         if setting not in SETTING_FILES:
@@ -105,9 +127,29 @@ class DatasetDir:
     def setting_graph(self, feature_set: str, setting: str, name: str) -> Path:
         return self.graphs(feature_set) / setting / f"{name}.npz"
 
+    def graph_stats(self, feature_set: str) -> Path:
+        return self.graphs(feature_set) / "stats.json"
+
+    # finetune_encoder (LMM4Rec's fine-tuned paradigm)
+    @property
+    def finetuned_encoder(self) -> Path:
+        """The fine-tuned dual encoder (model + tokenizer + image processor), loadable with from_pretrained."""
+        return self.root / "finetuned" / "encoder"
+
+    @property
+    def finetune_stats(self) -> Path:
+        return self.root / "finetune_stats.json"
+
     @property
     def export(self) -> Path:
         return self.root / "export"
+
+    def export_dir(self, feature_set: str) -> Path:
+        """`export/<set>/`: the dataset in MMRec's layout with one feature set, for the reference codes."""
+        return self.export / feature_set
+
+    def export_stats(self, feature_set: str) -> Path:
+        return self.export_dir(feature_set) / "export_stats.json"
 
 
 def run_dir(dataset: str, model: str, setting: str, feature_set: str | None = None, runs: Path = RUNS) -> Path:
@@ -178,3 +220,26 @@ class RunFiles:
     def per_user(self) -> Path:
         """Each evaluated user's test metrics (the report's paired significance tests read them)."""
         return self.root / "per_user.parquet"
+
+
+@dataclass(frozen=True)
+class ReportFiles:
+    """What the report stage writes (`reports/`, or `reports/full/` for the full comparison)."""
+
+    root: Path
+
+    @property
+    def results_md(self) -> Path:
+        return self.root / "results.md"
+
+    @property
+    def results_csv(self) -> Path:
+        return self.root / "results.csv"
+
+    @property
+    def sequential_csv(self) -> Path:
+        return self.root / "sequential.csv"
+
+    @property
+    def plots(self) -> Path:
+        return self.root / "plots"

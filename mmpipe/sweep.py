@@ -26,6 +26,7 @@ from typing import Any
 
 from mmpipe.config import UserError
 from mmpipe.io import write_text
+from mmpipe.paths import RunFiles
 
 SEED_KEY = "train.common.seed"
 BOOKKEEPING = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
@@ -179,7 +180,7 @@ def sweep(
     axes: Sequence[str] | None = None,
 ) -> tuple[str, str]:
     """(Markdown table with a summary line, CSV of every experiment) for the run folder `run`."""
-    metrics_file = f"{run.rstrip('/')}/metrics.json"
+    metrics_file = str(RunFiles(Path(run)).metrics)
     found_axes, trials, skipped = collect(rows, metrics_file, metric, seed_key, axes)
     points = group(trials)
     chosen = choose(points)

@@ -24,7 +24,7 @@ from torch import nn
 
 from mmpipe.config import param
 from models.core.base import IMAGE, HParams, Recommender, TrainData
-from models.core.graph import binarize, bipartite_adjacency, sparse_tensor, sym_normalize, top_k
+from models.core.graph import binarize, bipartite_adjacency, sparse_tensor, sym_normalize
 from models.core.layers import bpr_loss, id_embedding, layer_mean
 
 
@@ -58,10 +58,7 @@ class FREEDOM(Recommender):
         weights = {m: image_weight if m == IMAGE else 1.0 - image_weight for m in self.modalities}
         if len(self.modalities) == 1:  # one modality: its graph alone
             weights = {self.modalities[0]: 1.0}
-        mm_adj = sum(
-            weights[m] * sym_normalize(binarize(top_k(data.knn[m], hp.knn_k, f"graphs/knn/{m}.npz")))
-            for m in self.modalities
-        )
+        mm_adj = sum(weights[m] * sym_normalize(binarize(data.item_knn(m, hp.knn_k))) for m in self.modalities)
         self.mm_adj = sparse_tensor(mm_adj)
 
         self.full_adj = sparse_tensor(sym_normalize(bipartite_adjacency(data.train)))

@@ -34,7 +34,6 @@ from models.core.graph import (
     sparse_tensor,
     sym_normalize,
     sym_normalize_tensor,
-    top_k,
     weighted_sum,
 )
 from models.core.layers import EpochCache, bpr_loss, id_embedding, layer_mean, squared_l2
@@ -70,9 +69,7 @@ class LATTICE(Recommender):
             {m: nn.Linear(data.features[m].shape[1], hp.feat_embed_dim) for m in self.modalities}
         )
         self.modal_weight = nn.Parameter(torch.full((len(self.modalities),), 1.0 / len(self.modalities)))
-        self.original = [
-            coo_tensor(sym_normalize(top_k(data.knn[m], hp.knn_k, f"graphs/knn/{m}.npz"))) for m in self.modalities
-        ]
+        self.original = [coo_tensor(sym_normalize(data.item_knn(m, hp.knn_k))) for m in self.modalities]
         ui_adj = self_loop_row_normalize(bipartite_adjacency(data.train))
         self.ui_adj, self.ui_adj_t = sparse_tensor(ui_adj), sparse_tensor(ui_adj.T)  # row-normalised: not symmetric
         self.item_graph = EpochCache(self.build_item_graph)

@@ -41,7 +41,6 @@ from models.core.graph import (
     sparse_tensor,
     sym_normalize,
     sym_normalize_tensor,
-    top_k,
     weighted_sum,
 )
 from models.core.layers import EpochCache, bpr_loss, id_embedding, layer_mean, squared_l2
@@ -90,9 +89,7 @@ class MICRO(Recommender):
         self.features = nn.ParameterDict({m: nn.Parameter(data.features[m].clone()) for m in self.modalities})
         self.project = nn.ModuleDict({m: nn.Linear(data.features[m].shape[1], dim) for m in self.modalities})
         self.query = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
-        self.original = {
-            m: coo_tensor(sym_normalize(top_k(data.knn[m], hp.knn_k, f"graphs/knn/{m}.npz"))) for m in self.modalities
-        }
+        self.original = {m: coo_tensor(sym_normalize(data.item_knn(m, hp.knn_k))) for m in self.modalities}
         ui_adj = self_loop_row_normalize(bipartite_adjacency(data.train))
         self.ui_adj, self.ui_adj_t = sparse_tensor(ui_adj), sparse_tensor(ui_adj.T)  # row-normalised: not symmetric
         self.item_graphs = EpochCache(self.build_item_graphs)

@@ -198,8 +198,8 @@ class REARM(Recommender):
 
         item_pop = np.asarray(data.train.sum(axis=0)).ravel()
         user_pop = np.asarray(data.train.sum(axis=1)).ravel()
-        co_i = softmax_rows(top_k(data.item_co, k_i, "graphs/<setting>/item_co.npz"), item_pop, k_i)
-        co_u = softmax_rows(top_k(data.user_co, k_u, "graphs/<setting>/user_co.npz"), user_pop, k_u)
+        co_i = softmax_rows(top_k(data.item_co, k_i, data.graph_path("item_co")), item_pop, k_i)
+        co_u = softmax_rows(top_k(data.user_co, k_u, data.graph_path("user_co")), user_pop, k_u)
         sim_i = knn_mix({m: data.knn[m] for m in self.modalities}, k_i, hp.i_mm_image_weight, "item kNN")
         sim_u = knn_mix({m: data.user_knn[m] for m in self.modalities}, k_u, hp.u_mm_image_weight, "user kNN")
         ii_w, uu_w = hp.ii_co_weight, hp.uu_co_weight

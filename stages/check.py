@@ -32,21 +32,23 @@ from pathlib import Path
 from typing import Any
 
 from mmpipe.config import ParamsError
+from mmpipe.hf import CONFIG_FILE
 from mmpipe.io import write_text
 from mmpipe.log import get_logger
-from mmpipe.paths import ENCODERS, PROCESSED
+from mmpipe.paths import ENCODERS, PARAMS_CHECKED
 from models.core.evaluator import EvaluateConfig
 from models.core.registry import get_model, model_config, model_names
 from models.core.trainer import TrainConfig
-from stages import features, finetune_encoder
 from stages.common import pipeline, sequential
 from stages.common.datasets import dataset_config
+from stages.common.finetune_params import finetune_config
 from stages.common.params import allow_download, declared, run_stage
 from stages.common.run import TrainRuntime, e2e_config
+from stages.encoders.features_block import features_config
 
 log = get_logger("check")
 
-OUT = PROCESSED / "params.checked"
+OUT = PARAMS_CHECKED
 CONTENT = "params.yaml passed `python -m stages.check`\n"
 
 
@@ -145,7 +147,7 @@ def encoder_depth(ref: str, params: dict[str, Any]) -> int | None:
     name = ref[len(f"{ENCODERS}/") :].strip("/") if ref.startswith(f"{ENCODERS}/") else None
     if name in demo and isinstance(demo[name], dict) and isinstance(demo[name].get("layers"), int):
         return demo[name]["layers"]
-    config = Path(ref) / "config.json"
+    config = Path(ref) / CONFIG_FILE
     if not config.is_file():
         return None
     try:
@@ -177,13 +179,13 @@ def run(params: dict[str, Any], out: Path = OUT) -> Path:
     encoders = 0
     for feature_set in cfg.feature_sets:
         for modality in cfg.modalities:
-            features.read_config(params, feature_set, modality)
+            features_config(params, feature_set, modality)
             encoders += 1
     models = check_models(cfg, params)
     EvaluateConfig.parse(params.get("evaluate"), "evaluate")
     depths: list[tuple[str, int, str, str]] = []
     if cfg.train_datasets:
-        tune, _ = finetune_encoder.read_config(params)
+        tune, _ = finetune_config(params)
         depths.append(("finetune.n_trainable_layers", tune.n_trainable_layers, "finetune.model", tune.model))
     if cfg.e2e_models:
         e2e = e2e_config(params)

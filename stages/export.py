@@ -28,7 +28,7 @@ import pandas as pd
 from mmpipe import schemas
 from mmpipe.io import atomic_dir, read_parquet, write_json, write_text
 from mmpipe.log import get_logger
-from mmpipe.paths import PROCESSED, DatasetDir
+from mmpipe.paths import MMREC_ITEM_MAP, MMREC_USER_MAP, PROCESSED, DatasetDir, feature_file
 from mmpipe.schemas import check_columns, read_features
 from stages.common import pipeline
 from stages.common.params import declared, run_stage
@@ -84,7 +84,7 @@ def run(dataset: str, feature_set: str, params: dict[str, Any], processed: Path 
     n_users, n_items = len(user_ids), len(item_ids)
 
     frame = table.select(schemas.INTERACTIONS.names).to_pandas()
-    for col, n, what in (("user_idx", n_users, "users.parquet"), ("item_idx", n_items, "items.parquet")):
+    for col, n, what in (("user_idx", n_users, ds.users.name), ("item_idx", n_items, ds.items.name)):
         values = frame[col].to_numpy()
         if len(values) and (values.min() < 0 or values.max() >= n):
             raise ValueError(f"{inter_path}: {col} outside 0..{n - 1} (the {n} rows of {what})")
@@ -102,11 +102,11 @@ def run(dataset: str, feature_set: str, params: dict[str, Any], processed: Path 
         "split": split_counts,
         "features": {},
     }
-    out_dir = ds.export / feature_set
+    out_dir = ds.export_dir(feature_set)
     with atomic_dir(out_dir) as tmp:
         write_text(tmp / f"{dataset}.inter", _format_inter(frame))
-        write_text(tmp / "u_id_mapping.csv", _mapping("user_id", "userID", user_ids))
-        write_text(tmp / "i_id_mapping.csv", _mapping("asin", "itemID", item_ids))
+        write_text(tmp / MMREC_USER_MAP, _mapping("user_id", "userID", user_ids))
+        write_text(tmp / MMREC_ITEM_MAP, _mapping("asin", "itemID", item_ids))
         for name, code in schemas.SPLIT_CODES.items():
             part = frame[frame["split"] == code]
             pairs = np.stack([part["user_idx"].to_numpy(np.int64), part["item_idx"].to_numpy(np.int64)])
@@ -115,15 +115,15 @@ def run(dataset: str, feature_set: str, params: dict[str, Any], processed: Path 
             feat_path = ds.features(feature_set, modality)
             matrix, has_input = read_features(feat_path)
             if matrix.shape[0] != n_items:
-                raise ValueError(f"{feat_path}: {matrix.shape[0]} rows, but items.parquet has {n_items} items")
-            np.save(tmp / f"{modality}_feat.npy", np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
+                raise ValueError(f"{feat_path}: {matrix.shape[0]} rows, but {ds.items.name} has {n_items} items")
+            np.save(tmp / feature_file(modality), np.ascontiguousarray(matrix, dtype=np.float32), allow_pickle=False)
             stats["features"][modality] = {
                 "feature_set": feature_set,
-                "file": f"{modality}_feat.npy",
+                "file": feature_file(modality),
                 "dim": int(matrix.shape[1]),
                 "items_without_input": int((~has_input).sum()),
             }
-        write_json(tmp / "export_stats.json", stats)
+        write_json(tmp / ds.export_stats(feature_set).name, stats)
     log.info(
         "%s: exported %d users, %d items, %d interactions (train/valid/test %d/%d/%d), features %s to %s in %.1f s",
         dataset, n_users, n_items, len(frame), *split_counts.values(),

@@ -35,72 +35,32 @@ import hashlib
 import os
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 from tqdm import tqdm
 
 from mmpipe import lmdb_store
-from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import resolve_device
 from mmpipe.io import read_parquet, write_json
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, DatasetDir
 from mmpipe.schemas import ITEM_FIELDS, item_text, read_features, write_features
 from mmpipe.threads import use_threads
-from stages.common.params import declared, run_stage
+from stages.common.params import run_stage
 from stages.encoders import ray_engine
+from stages.encoders.features_block import DATASET_SLOT, FeaturesOptions, features_config, features_keys
 from stages.encoders.kinds import ENCODERS, EncoderConfig
-from stages.encoders.ray_engine import RayOptions
 
 log = get_logger("features")
 
-DATASET_SLOT = "{dataset}"  # in an encoder's `model`: replaced by the dataset's name
 COMMIT_ITEMS = 2048  # encoded vectors per journal commit ...
 COMMIT_SECONDS = 60.0  # ... or after this long, whichever comes first
 
 
 def param_keys(dataset: str, feature_set: str, modality: str) -> list[str]:
-    return [
-        f"features.{feature_set}.{modality}", "features.fill", "features.allow_download", "features.device",
-        "features.engine", "features.ray", "features.num_threads",
-    ]  # fmt: skip
-
-
-@dataclass(frozen=True)
-class FeaturesOptions(Config):
-    """The keys of `features` every feature stage reads beside its encoder block."""
-
-    fill: Literal["mean", "zero"] = param("mean", doc="vector of items without input")
-    allow_download: bool = param(False, doc="let transformers fetch models from the hub")
-    device: str = param("auto", doc="auto (a GPU when visible), cpu, cuda or cuda:N")
-    engine: Literal["local", "ray"] = param("local", doc="encode in this process, or on Ray actors")
-    ray: RayOptions = param(RayOptions(), doc="features.ray: where and how many encoder actors")
-    num_threads: int = param(
-        2,
-        ge=0,
-        doc="torch threads (local engine); 0: a fair share of the cores, but then the bytes of some "
-        "encoders (SBERT's) depend on the machine's load",
-    )
-
-
-def read_config(params: dict[str, Any], feature_set: str, modality: str) -> tuple[EncoderConfig, FeaturesOptions]:
-    features = declared(params, param_keys("", feature_set, modality)).get("features", {})
-    where = f"features.{feature_set}.{modality}"
-    block = (features.get(feature_set) or {}).get(modality)
-    if block is None:
-        raise ParamsError(
-            f"params.yaml: key '{where}' is missing (the encoder of modality '{modality}' in feature set "
-            f"'{feature_set}')"
-        )
-    encoder = EncoderConfig.parse(block, where)
-    if encoder.kind != "precomputed" and encoder.modality != modality:
-        raise ParamsError(f"params.yaml: {where}: kind {encoder.kind!r} encodes {encoder.modality}, not {modality}")
-    known = FeaturesOptions.keys()
-    options = FeaturesOptions.parse({k: v for k, v in features.items() if k in known}, "features")
-    return encoder, options
+    return features_keys(feature_set, modality)
 
 
 def cache_key(fp: str, content: bytes) -> bytes:
@@ -118,6 +78,7 @@ class EncoderInputs:
         items = read_parquet(ds.items).to_pylist()
         self.modality = modality
         self.images = ds.images
+        self.source = ds.images if modality == "image" else ds.items  # what errors name
         self.texts: list[str | None] = []
         self.item_ids = [row["item_id"] for row in items]
         self.keys: list[bytes | None] = []
@@ -147,9 +108,8 @@ def encode_chunk(model: Any, inputs: EncoderInputs, indices: list[int], progress
     try:
         return model.encode(inputs.fetch(indices), progress=progress)
     except ValueError as exc:
-        source = inputs.images if inputs.modality == "image" else "items.parquet"
         items = ", ".join(inputs.item_ids[i] for i in indices[:5]) + (" ..." if len(indices) > 5 else "")
-        raise ValueError(f"{source}: encoding items {items} failed: {exc}") from None
+        raise ValueError(f"{inputs.source}: encoding items {items} failed: {exc}") from None
 
 
 def read_cached(cache_path: Path, journal: lmdb_store.Journal, keys: set[bytes]) -> dict[bytes, np.ndarray]:
@@ -178,7 +138,7 @@ def run_precomputed(
     """Features a source ships, as ingest wrote them (`shipped/<role>.parquet`), with the fill applied."""
     start = time.perf_counter()
     role = str(encoder.role)
-    path = ds.shipped / f"{role}.parquet"
+    path = ds.shipped_features(role)
     if not path.is_file():
         shipped = sorted(p.stem for p in ds.shipped.glob("*.parquet")) if ds.shipped.is_dir() else []
         raise ValueError(
@@ -258,7 +218,7 @@ def run(
     dataset: str, feature_set: str, modality: str, params: dict[str, Any], processed: Path = PROCESSED
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    encoder, options = read_config(params, feature_set, modality)
+    encoder, options = features_config(params, feature_set, modality)
     if encoder.model and DATASET_SLOT in encoder.model:  # e.g. the dataset's fine-tuned encoder
         encoder = dataclasses.replace(encoder, model=encoder.model.replace(DATASET_SLOT, dataset))
     ds = DatasetDir.of(dataset, processed)

@@ -22,26 +22,25 @@ import math
 import stat
 import sys
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 from tqdm import tqdm
 
-from mmpipe.config import Config, ParamsError, param
+from mmpipe.config import ParamsError
 from mmpipe.devices import autocast, resolve_device
+from mmpipe.hf import CONFIG_FILE, freeze_below_top
 from mmpipe.io import atomic_dir, write_json
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, DatasetDir
-from mmpipe.schemas import ITEM_FIELDS
 from mmpipe.threads import use_threads
 from models.core.dual_encoder import (
+    TOWERS,
     ItemInputs,
     contrastive_loss,
-    freeze_below_top,
     image_features,
     load_dual_encoder,
     pads_to_max_length,
@@ -50,65 +49,14 @@ from models.core.dual_encoder import (
     text_features,
 )
 from models.core.trainer import EarlyStopping, Epoch, epoch_loop, state_on_cpu
-from stages.common.params import allow_download, declared, run_stage
+from stages.common.finetune_params import FinetuneConfig, finetune_config, finetune_keys
+from stages.common.params import run_stage
 
 log = get_logger("finetune_encoder")
 
-MMREC_TEMPLATE = "{title} {brand} {categories} {description}"
-
 
 def param_keys(dataset: str) -> list[str]:
-    return ["finetune", "features.allow_download"]
-
-
-@dataclass(frozen=True)
-class FinetuneConfig(Config):
-    """The `finetune` block."""
-
-    model: str = param("raw/encoders/demo-clip", doc="base dual encoder: hub name or local directory")
-    n_trainable_layers: int = param(1, ge=0, doc="top transformer blocks of each tower that train (0: none)")
-    epochs: int = param(5, ge=1)
-    patience: int = param(2, ge=1, doc="epochs without a lower valid loss tolerated; the next one stops")
-    batch_size: int = param(64, ge=2, doc="pairs per step (the other pairs of a batch are the negatives)")
-    lr: float = param(1.0e-4, gt=0)
-    weight_decay: float = param(0.0, ge=0)
-    valid_ratio: float = param(0.1, gt=0, lt=1, doc="share of the pairs held out for early stopping")
-    seed: int = param(0)
-    max_tokens: int = param(77, ge=2)
-    template: str = param(MMREC_TEMPLATE, doc="item fields in braces: title, brand, categories, description")
-    device: str = param("auto", doc="auto (a GPU when visible), cpu, cuda or cuda:N")
-    precision: Literal["float32", "bfloat16"] = param("float32", doc="bfloat16 autocast (GPU only)")
-    gradient_checkpointing: bool = param(False, doc="recompute activations in the backward pass (less memory)")
-    workers: int = param(2, ge=1, doc="image decoding threads")
-    num_threads: int = param(0, ge=0, doc="torch threads (0: a fair share of the cores)")
-
-    def check(self, where: str) -> None:
-        try:
-            self.template.format_map(dict.fromkeys(ITEM_FIELDS, ""))
-        except KeyError as exc:
-            raise ParamsError(
-                f"params.yaml: {where}.template uses field {exc} that items.parquet does not have "
-                f"(fields: {', '.join(ITEM_FIELDS)})"
-            ) from None
-        except (ValueError, IndexError) as exc:
-            raise ParamsError(f"params.yaml: {where}.template = {self.template!r}: {exc}") from None
-
-
-def read_config(params: dict[str, Any]) -> tuple[FinetuneConfig, bool]:
-    params = declared(params, param_keys(""))
-    if "finetune" not in params:
-        raise ParamsError("params.yaml: key 'finetune' is missing (the finetune_encoder stage's block)")
-    cfg = FinetuneConfig.parse(params["finetune"], "finetune")
-    return cfg, allow_download(params)
-
-
-def output_dir(ds: DatasetDir) -> Path:
-    """The fine-tuned model (model + tokenizer + image processor), loadable with from_pretrained."""
-    return ds.root / "finetuned" / "encoder"
-
-
-def stats_path(ds: DatasetDir) -> Path:
-    return ds.root / "finetune_stats.json"
+    return finetune_keys()
 
 
 def split_pairs(pairs: np.ndarray, cfg: FinetuneConfig, dataset: str) -> tuple[np.ndarray, np.ndarray]:
@@ -160,7 +108,7 @@ def valid_loss(
 
 def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> dict[str, Any]:
     start = time.perf_counter()
-    cfg, allow_download = read_config(params)
+    cfg, allow_download = finetune_config(params)
     device = resolve_device(cfg.device, "finetune.device")
     threads = use_threads(cfg.num_threads)
     ds = DatasetDir.of(dataset, processed)
@@ -168,7 +116,7 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
 
     model, tokenizer, processor = load_dual_encoder(cfg.model, allow_download, key="finetune.model")
     try:  # before the images are decoded: a wrong layer count fails at once
-        trainable, frozen = freeze_below_top(model, cfg.n_trainable_layers)
+        trainable, frozen = freeze_below_top(model, cfg.n_trainable_layers, towers=TOWERS, heads=True)
     except ValueError as exc:
         raise ParamsError(f"params.yaml: finetune.n_trainable_layers: {exc}") from None
     inputs = prepare_items(
@@ -256,12 +204,12 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
 
     model.load_state_dict(best_state)
     model.to("cpu").eval()
-    out = output_dir(ds)
+    out = ds.finetuned_encoder
     with atomic_dir(out) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
         processor.save_pretrained(tmp)
-        mode = stat.S_IMODE((tmp / "config.json").stat().st_mode)  # open()'s mode under this umask
+        mode = stat.S_IMODE((tmp / CONFIG_FILE).stat().st_mode)  # open()'s mode under this umask
         for file in tmp.iterdir():
             file.chmod(mode)  # transformers 5 writes model.safetensors 0600; readable like every other output
 
@@ -290,7 +238,7 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
         "num_threads": threads,
         "seconds": round(time.perf_counter() - start, 2),
     }
-    write_json(stats_path(ds), summary)
+    write_json(ds.finetune_stats, summary)
     log.info(
         "%s: fine-tuned %s, best valid loss %.4f at epoch %d of %d (%.2f s/epoch, %.0f pairs/s); saved to %s",
         dataset, cfg.model, stopping.best, stopping.best_epoch, epochs_run, summary["seconds_per_epoch"],

@@ -163,7 +163,7 @@ def run(dataset: str, feature_set: str, params: dict[str, Any], processed: Path 
             write_csr(ds.setting_graph(feature_set, setting, f"user_knn_{modality}"), user_knn)
             stats[setting][f"user_knn_{modality}_nnz"] = int(user_knn.nnz)
 
-    write_json(ds.graphs(feature_set) / "stats.json", stats)
+    write_json(ds.graph_stats(feature_set), stats)
     log.info("%s/%s: graphs %s in %.1f s", dataset, feature_set, stats, time.perf_counter() - start)
     return stats
 

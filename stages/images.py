@@ -33,7 +33,7 @@ from mmpipe import lmdb_store
 from mmpipe.config import Config, param
 from mmpipe.io import read_json, read_parquet, write_json
 from mmpipe.log import get_logger, progress_disabled
-from mmpipe.paths import IMAGE_EXTENSIONS, MANIFEST, PROCESSED, RAW, DatasetDir
+from mmpipe.paths import IMAGE_EXTENSIONS, MANIFEST, PROCESSED, RAW, RAW_IMAGES, DatasetDir
 from stages.common.params import declared, run_stage
 from stages.sources import http
 
@@ -158,8 +158,8 @@ def run(dataset: str, params: dict[str, Any], raw_root: Path = RAW, out_root: Pa
     if "images_dir" in manifest:  # the source brought its images (demo, a local folder, PMMRec covers)
         images_dir = raw_dir / manifest["images_dir"]
     else:  # the images are behind the items' URLs
-        images_dir = raw_dir / "images"
-        cache = cache_dir / "images" / str(manifest.get("source", dataset))
+        images_dir = raw_dir / RAW_IMAGES
+        cache = cache_dir / RAW_IMAGES / str(manifest.get("source", dataset))
         fetched, fetch_report = fetch_missing(items, cache, cfg, retries)
 
     def source_file(item_id: str) -> Path | None:

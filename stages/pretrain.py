@@ -26,8 +26,8 @@ from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, RUNS, DatasetDir, pretrain_dir, pretrain_input
 from mmpipe.threads import use_threads
 from models.pmmrec import PMMRec
+from models.seq.data import sequence_input_hashes
 from models.seq.trainer import fit_sequential
-from stages import pretrain_input as inputs
 from stages.common import sequential
 from stages.common.params import declared, run_stage
 
@@ -51,7 +51,7 @@ def check_inputs(source: str, processed: Path, runs: Path) -> None:
     if not record_path.is_file():
         raise FileNotFoundError(f"{record_path}: not found (run the pretrain_input stage for {source} first)")
     recorded = read_json(record_path).get("sha256", {})
-    now = inputs.file_hashes(DatasetDir.of(source, processed))
+    now = sequence_input_hashes(DatasetDir.of(source, processed))
     changed = [name for name in now if recorded.get(name) != now[name]]
     if changed:
         raise ValueError(

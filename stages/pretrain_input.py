@@ -14,25 +14,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from mmpipe.io import sha256_tree, write_json
+from mmpipe.io import write_json
 from mmpipe.log import get_logger
 from mmpipe.paths import PROCESSED, RUNS, DatasetDir, pretrain_input
-from models.seq.data import load_sequences
+from models.seq.data import load_sequences, sequence_input_hashes
 from stages.common.params import run_stage
 
 log = get_logger("pretrain_input")
-
-
-def input_files(ds: DatasetDir) -> dict[str, Path]:
-    """The files of a source that pre-training reads, by their name in the record."""
-    return {"interactions.parquet": ds.interactions, "items.parquet": ds.items, "images.lmdb": ds.images}
-
-
-def file_hashes(ds: DatasetDir) -> dict[str, str]:
-    missing = [str(p) for p in input_files(ds).values() if not p.exists()]
-    if missing:
-        raise FileNotFoundError(f"{', '.join(missing)}: not found (run ingest and images for {ds.name} first)")
-    return {name: sha256_tree(path) for name, path in input_files(ds).items()}
 
 
 def param_keys(source: str) -> list[str]:
@@ -41,7 +29,7 @@ def param_keys(source: str) -> list[str]:
 
 def run(source: str, params: dict[str, Any], processed: Path = PROCESSED, runs: Path = RUNS) -> dict[str, Any]:
     ds = DatasetDir.of(source, processed)
-    hashes = file_hashes(ds)
+    hashes = sequence_input_hashes(ds)
     seqs = load_sequences(ds, max_seq_len=1)  # the counts do not depend on the window length
     record = {
         "source": source,

@@ -15,38 +15,28 @@ import csv
 import io
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import yaml
 
 from mmpipe.config import ParamsError
-from mmpipe.io import atomic_dir, read_json, read_parquet, write_text
+from mmpipe.io import atomic_dir, read_json, write_text
 from mmpipe.log import get_logger
-from mmpipe.paths import REPORTS, RUNS, RunFiles, pretrain_dir, run_dir
+from mmpipe.paths import PUBLISHED, REPORTS, RUNS, ReportFiles, RunFiles, pretrain_dir, run_dir
 from stages.common import pipeline
 from stages.common.datasets import dataset_config
 from stages.common.params import declared, run_stage
+from stages.common.significance import significance_note, versus_best
 
 log = get_logger("report")
 
-PUBLISHED_FILE = REPORTS / "published.yaml"
 METRIC_ORDER = ("recall", "ndcg", "precision", "map")
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")  # what published tables report
 TESTED_METRIC = "recall@20"  # the per-user metric the paired tests compare
 SEQ_TESTED_METRIC = "hr@10"  # the sequential tables' (PMMRec reports HR/NDCG@10)
-ALPHA = 0.05
-
-
-def significance_note(metric: str) -> str:
-    return (
-        f"vs best: the difference in test {metric} to the table's best run, and the two-sided Wilcoxon "
-        f"signed-rank test over the users both ranked (paired per user, zero differences dropped), its p-values "
-        f"Holm-adjusted over the table's comparisons; * marks p < {ALPHA}."
-    )
 
 
 LMM_GROUPS = ("lmm", "e2e")  # LMM4Rec's runs: their own table per dataset
@@ -66,7 +56,7 @@ class Published:
     results: Mapping[str, Mapping[str, float]]
 
 
-def load_published(path: Path = PUBLISHED_FILE) -> dict[str, Published]:
+def load_published(path: Path = PUBLISHED) -> dict[str, Published]:
     if not path.is_file():
         return {}
     data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
@@ -155,57 +145,6 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path, metric: str) -> li
         plt.close(fig)
         written.append(name)
     return written
-
-
-def holm(pvalues: Sequence[float]) -> list[float]:
-    """Holm's step-down adjustment of m p-values (family-wise error): the i-th smallest is multiplied by
-    m - i + 1 (i from 1), made non-decreasing in that order, capped at 1; returned in the input order."""
-    m = len(pvalues)
-    adjusted = [0.0] * m
-    running = 0.0
-    for i, index in enumerate(sorted(range(m), key=lambda j: pvalues[j])):
-        running = max(running, min(1.0, (m - i) * pvalues[index]))
-        adjusted[index] = running
-    return adjusted
-
-
-def paired_wilcoxon(a: np.ndarray, b: np.ndarray) -> float:
-    """Two-sided p-value of the Wilcoxon signed-rank test of paired per-user values (zero differences
-    dropped, as scipy's default); 1.0 when every pair is equal."""
-    from scipy.stats import wilcoxon
-
-    if not np.any(a != b):
-        return 1.0
-    return float(wilcoxon(a, b).pvalue)
-
-
-def versus_best(runs: list[tuple[str, float | None, Path]], metric: str) -> dict[str, str]:
-    """Each run's cell "difference to the best (Holm-adjusted p)" by label; the best run's is "best".
-
-    `runs`: (label, test value of `metric`, the run's per_user.parquet). The per-user values are paired on
-    user_idx; a run without that file (written before it existed) gets no cell.
-    """
-    scored = [r for r in runs if r[1] is not None]
-    if len(scored) < 2:
-        return {}
-    best_label, best_value, best_file = max(scored, key=lambda r: r[1])
-    cells = {best_label: "best"}
-    if not best_file.is_file():
-        return cells
-    reference = read_parquet(best_file, columns=["user_idx", metric]).to_pandas()
-    others, pvalues, deltas = [], [], []
-    for label, value, per_user in scored:
-        if label == best_label or not per_user.is_file():
-            continue
-        values = read_parquet(per_user, columns=["user_idx", metric]).to_pandas()
-        paired = reference.merge(values, on="user_idx", suffixes=("_best", ""))
-        others.append(label)
-        pvalues.append(paired_wilcoxon(paired[f"{metric}_best"].to_numpy(), paired[metric].to_numpy()))
-        deltas.append(value - best_value)
-    for label, delta, p in zip(others, deltas, holm(pvalues), strict=True):
-        shown = f"p {p:.2g}" if p >= 1e-4 else "p < 1e-4"
-        cells[label] = f"{delta:+.4f} ({shown}){' *' if p < ALPHA else ''}"
-    return cells
 
 
 def model_runs(recs: list[dict[str, Any]], metric: str = TESTED_METRIC) -> list[tuple[str, float | None, Path]]:
@@ -392,7 +331,7 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
         name = dataset_config(params, dataset).published
         if name is not None and name not in tables:
             raise ParamsError(
-                f"params.yaml: datasets.{dataset}.published = {name!r} is not a table of {PUBLISHED_FILE} "
+                f"params.yaml: datasets.{dataset}.published = {name!r} is not a table of {PUBLISHED} "
                 f"(tables: {', '.join(tables) or 'none'})"
             )
         published = tables.get(name) if name else None
@@ -433,6 +372,7 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
 
     md += sequential_sections(cfg, sequential, runs_root)
     out_root.mkdir(parents=True, exist_ok=True)
+    files = ReportFiles(out_root)
     seq_buf = io.StringIO()
     seq_columns = sorted(
         {k for r in sequential for k in r["test"]}, key=lambda k: (k.split("@")[0], int(k.split("@")[1]))
@@ -440,8 +380,8 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
     writer = csv.DictWriter(seq_buf, fieldnames=["dataset", "variant", *seq_columns], lineterminator="\n")
     writer.writeheader()
     writer.writerows({"dataset": r["target"], "variant": r["variant"], **r["test"]} for r in sequential)
-    write_text(out_root / "sequential.csv", seq_buf.getvalue())
-    with atomic_dir(out_root / "plots") as tmp:
+    write_text(files.sequential_csv, seq_buf.getvalue())
+    with atomic_dir(files.plots) as tmp:
         plots = plot_curves([r for r in records if r["group"] not in LMM_GROUPS], tmp, valid_metric)
     buf = io.StringIO()
     writer = csv.DictWriter(
@@ -449,12 +389,12 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
     )
     writer.writeheader()
     writer.writerows(csv_rows)
-    write_text(out_root / "results.csv", buf.getvalue())
+    write_text(files.results_csv, buf.getvalue())
     text = "\n".join(md)
-    write_text(out_root / "results.md", text)
+    write_text(files.results_md, text)
     log.info(
         "report: %d runs, %d plots -> %s (%.1f s)",
-        len(records), len(plots), out_root / "results.md", time.perf_counter() - start,
+        len(records), len(plots), files.results_md, time.perf_counter() - start,
     )  # fmt: skip
     return text
 

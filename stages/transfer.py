@@ -60,7 +60,7 @@ def run(
     copied: list[str] = []
     sources = None
     if spec.pretrain_part != "none":
-        path = pretrain_dir(sequential.MODEL, runs) / "model.pt"
+        path = RunFiles(pretrain_dir(sequential.MODEL, runs)).checkpoint
         if not path.is_file():
             raise FileNotFoundError(f"{path}: no pre-trained PMMRec (run the pretrain stage first)")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)

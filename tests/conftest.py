@@ -16,6 +16,8 @@ import pandas as pd
 import pytest
 import yaml
 
+from stages.common import interactions
+
 ROOT = Path(__file__).resolve().parents[1]
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -230,3 +232,20 @@ def demo_project(tmp_path_factory) -> Path:
     demo_encoder.run("demo-clip", params, root / "raw/encoders/demo-clip")
     (root / "params.yaml").write_text(yaml.safe_dump(params))
     return root
+
+
+def k_core_frame(frame: pd.DataFrame, user_min: int, item_min: int) -> tuple[pd.DataFrame, list[dict[str, int]]]:
+    """The ingest's k-core on a frame of string ids (its steps work on integer codes)."""
+    user = pd.factorize(frame["user_id"])[0].astype(np.int64)
+    item = pd.factorize(frame["item_id"])[0].astype(np.int64)
+    idx, rounds = interactions.k_core_codes(user, item, user_min, item_min)
+    return frame.iloc[idx].reset_index(drop=True), rounds
+
+
+def deduplicate_frame(frame: pd.DataFrame) -> tuple[pd.DataFrame, int, int]:
+    """The ingest's duplicate rules on a frame of string ids: (kept rows, exact duplicates, repeated pairs)."""
+    keep, exact, repeated = interactions.dedup_codes(
+        pd.factorize(frame["user_id"])[0], pd.factorize(frame["item_id"])[0],
+        frame["rating"].to_numpy(), frame["timestamp"].to_numpy(),
+    )  # fmt: skip
+    return frame.iloc[keep].reset_index(drop=True), exact, repeated

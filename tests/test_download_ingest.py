@@ -19,7 +19,8 @@ import yaml
 from mmpipe.io import read_json, sha256_file
 from stages import download, ingest
 from stages.common.params import ParamsError
-from stages.sources import records, splits
+from stages.sources import line_parser, splits
+from tests.conftest import k_core_frame
 
 
 def write_raw(raw_dir: Path, reviews: list[str], meta: list[str], gz: bool = True) -> None:
@@ -62,7 +63,7 @@ def test_demo_meta_is_python_literal_like_amazon_2014(tmp_path, params):
         first = fh.readline()
     with pytest.raises(json.JSONDecodeError):
         json.loads(first)  # single quotes: not JSON
-    record = records.parse_record(first)
+    record = line_parser.parse_record(first)
     assert {"asin", "title", "categories", "imUrl"} <= set(record)
     assert isinstance(record["categories"][0], list)
 
@@ -125,7 +126,7 @@ def test_k_core_iterates_until_stable():
     rows += [(u, i) for u in ("u3", "u4") for i in ("i0", "i3", "i4", "i5")]
     rows += [("u0", "i5")]
     frame = pd.DataFrame(rows, columns=["user_id", "item_id"])
-    out, rounds = ingest.k_core(frame, user_min=3, item_min=3)
+    out, rounds = k_core_frame(frame, user_min=3, item_min=3)
     assert sorted(out.user_id.unique()) == ["u0", "u1", "u2"]
     assert sorted(out.item_id.unique()) == ["i0", "i1", "i2"] and len(out) == 9
     assert [(r["users_removed"], r["items_removed"]) for r in rounds] == [(0, 2), (2, 0), (0, 1)]

@@ -14,9 +14,9 @@ from safetensors.torch import load_file
 
 from mmpipe import lmdb_store
 from mmpipe.config import ParamsError
-from mmpipe.hf import ModelUnavailable
+from mmpipe.hf import ModelUnavailable, freeze_below_top
 from mmpipe.io import read_json
-from models.core.dual_encoder import contrastive_loss, freeze_below_top, load_dual_encoder
+from models.core.dual_encoder import TOWERS, contrastive_loss, load_dual_encoder
 from stages import finetune_encoder
 from tests.conftest import tiny_params
 
@@ -52,7 +52,7 @@ def finetuned(demo_project, tmp_path_factory) -> tuple[Path, dict[str, Any]]:
 
 
 def trainable_names(n_blocks: int) -> set[str]:
-    """What freeze_below_top(model, 1) must leave trainable in a CLIPModel with `n_blocks` blocks per tower."""
+    """What freeze_below_top(..., heads=True) leaves trainable in a CLIPModel of `n_blocks` blocks per tower."""
     top = n_blocks - 1
     return {
         f"text_model.encoder.layers.{top}.",
@@ -93,7 +93,7 @@ def test_freeze_below_top_trains_only_the_top_block_and_above(demo_project):
     model, _, _ = load_dual_encoder(str(demo_project / "raw/encoders/demo-clip"))
     n_blocks = len(model.text_model.encoder.layers)
     assert n_blocks >= 2, "the demo CLIP needs a frozen block below the top one"
-    trainable, frozen = freeze_below_top(model, 1)
+    trainable, frozen = freeze_below_top(model, 1, towers=TOWERS, heads=True)
     prefixes = trainable_names(n_blocks)
     named = dict(model.named_parameters())
     for name, p in named.items():
@@ -103,7 +103,7 @@ def test_freeze_below_top_trains_only_the_top_block_and_above(demo_project):
     for prefix in prefixes:  # every group above the frozen part is present and trainable
         assert any(n.startswith(prefix) and p.requires_grad for n, p in named.items()), prefix
 
-    assert freeze_below_top(model, 0) == (0, trainable + frozen)
+    assert freeze_below_top(model, 0, towers=TOWERS, heads=True) == (0, trainable + frozen)
     assert not any(p.requires_grad for p in model.parameters())
 
 

@@ -15,9 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from stages import ingest
+from stages.common import interactions
 from stages.common.params import ParamsError
-from stages.sources import amazon, formats, records, splits
+from stages.sources import amazon, formats, line_parser, records, splits
 from stages.sources.malformed import Malformed
+from tests.conftest import deduplicate_frame, k_core_frame
 
 # ------------------------------------------------------------------------------------------------ helpers
 
@@ -316,8 +318,8 @@ def test_literal_translation_equals_literal_eval():
         record = {"asin": _random_text(rng), **{_random_text(rng): _random_value(rng) for _ in range(3)}}
         line = repr(record)
         want = ast.literal_eval(line)
-        assert records.parse_record(line) == want, line
-        text = records.literal_to_json(line)
+        assert line_parser.parse_record(line) == want, line
+        text = line_parser.literal_to_json(line)
         if text is not None:
             try:
                 got = json.loads(text)
@@ -327,7 +329,7 @@ def test_literal_translation_equals_literal_eval():
             assert got == want, (line, text)
     assert translated > 1000  # most lines go the fast way
     for bad in ["{'a': 1", "{'a': 'x}", "{'a': u'x'}", "{'a': (1,)}", "{'a': 1} # c", "{'a': 'x' 'y'}"]:
-        assert records.literal_to_json(bad) is None or _json_fails(records.literal_to_json(bad)), bad
+        assert line_parser.literal_to_json(bad) is None or _json_fails(line_parser.literal_to_json(bad)), bad
 
 
 def _json_fails(text: str) -> bool:
@@ -534,7 +536,7 @@ def test_codes_helpers_match_reference_implementations():
         exact = n - len(exp)
         exp = exp.sort_values(["user_id", "item_id", "timestamp", "rating"], kind="stable")
         exp = exp.drop_duplicates(["user_id", "item_id"], keep="first")
-        got, g_exact, g_repeated = ingest.deduplicate(frame)
+        got, g_exact, g_repeated = deduplicate_frame(frame)
         key = ["user_id", "item_id", "timestamp", "rating"]
         assert got.sort_values(key).reset_index(drop=True).equals(exp.sort_values(key).reset_index(drop=True))
         assert (g_exact, g_repeated) == (exact, n - exact - len(exp))
@@ -549,7 +551,7 @@ def test_codes_helpers_match_reference_implementations():
                 break
             rounds.append((len(low_u), len(low_i), len(drop)))
             pairs = [p for p in pairs if p not in set(drop)]
-        core, got_rounds = ingest.k_core(got, user_min=3, item_min=2)
+        core, got_rounds = k_core_frame(got, user_min=3, item_min=2)
         assert sorted(zip(core.user_id, core.item_id, strict=True)) == sorted(pairs)
         assert [(r["users_removed"], r["items_removed"], r["interactions_removed"]) for r in got_rounds] == rounds
         # user_time split: the former per-user loop
@@ -561,7 +563,7 @@ def test_codes_helpers_match_reference_implementations():
         pairs_u = rng.choice(900, size=min(n, 900), replace=False)
         u, i = (pairs_u // 30).astype(np.int32), (pairs_u % 30).astype(np.int32)
         t = rng.integers(0, 3, len(u)) * 86400 + 10**9
-        assert np.array_equal(ingest.row_order(u, t, i), np.lexsort((i, t, u)))
+        assert np.array_equal(interactions.row_order(u, t, i), np.lexsort((i, t, u)))
 
 
 def _old_split(user_idx: np.ndarray, ratios: list[float]) -> np.ndarray:

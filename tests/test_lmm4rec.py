@@ -162,7 +162,8 @@ def tiny_siglip(root: Path, clip_dir: Path) -> Path:
 
 def test_siglip_loads_as_a_feature_encoder_and_as_a_trainable_dual_encoder(project, tmp_path):
     from mmpipe import lmdb_store
-    from models.core.dual_encoder import freeze_below_top, load_dual_encoder, pads_to_max_length, prepare_items
+    from mmpipe.hf import freeze_below_top
+    from models.core.dual_encoder import TOWERS, load_dual_encoder, pads_to_max_length, prepare_items
     from stages.encoders.kinds import ClipImageEncoder, ClipTextEncoder
 
     path = tiny_siglip(tmp_path, project / "raw/encoders/demo-clip")
@@ -173,7 +174,7 @@ def test_siglip_loads_as_a_feature_encoder_and_as_a_trainable_dual_encoder(proje
     text = ClipTextEncoder("features.s.text", {"model": str(path), "max_tokens": 16}, allow_download=False)
     assert text.pad_to_max and text.encode(["a red toy", "blue bottle for babies"]).shape == (2, 32)
     model, tokenizer, processor = load_dual_encoder(str(path))
-    trainable, _ = freeze_below_top(model, 1)
+    trainable, _ = freeze_below_top(model, 1, towers=TOWERS, heads=True)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
     assert {"logit_scale", "logit_bias", "text_model.head.weight", "vision_model.head.probe"} <= names
     assert not any(".layers.0." in n or "embeddings" in n for n in names)

@@ -1,7 +1,8 @@
 """End to end through DVC, the slower part (`make test-dag`; CI runs it): the tiny demo's full DAG with
 LMM4Rec's stages, then on that built copy a graph param re-runs the graphs and graph models only, a
 stricter k-core re-encodes nothing (the LMDB caches persist), a push/pull round trip through a local
-remote into a clone, and `dvc exp run -S`.
+remote into a clone, `dvc exp run -S`, and the README's command blocks as written (a queued grid read
+back by the sweep command among them).
 
 These share one project, built once by the fixture, and run in order. `tests/test_pipeline_e2e.py` (in
 `make test`) builds its own copy without LMM4Rec and checks the outputs, the no-op repro and a one-key edit.
@@ -9,15 +10,19 @@ These share one project, built once by the fixture, and run in order. `tests/tes
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import sys
+import time
 
 import pytest
 import yaml
 
 from tests.conftest import ranking_floors, stages_run, tiny_params
+from tests.readme import shell_blocks
 from tests.test_pipeline_e2e import Project, all_stages, copy_project
+from tests.test_readme import DAG
 
 pytestmark = pytest.mark.dag
 
@@ -115,3 +120,36 @@ def test_exp_run_with_set_param_and_show(project):
     test = dict(runs.values())  # test recall@20 per n_layers, from DVC's own JSON
     assert "2 grid points over train.lightgcn.n_layers" in out, out
     assert re.search(r"\| 2 \| 1 \| \d\.\d{4} \| " + f"{test[2]:.4f}", out), out
+
+
+def wait_for_queue(project: Project, timeout_s: float = 900) -> str:
+    """Wait until `dvc queue status` lists no queued or running experiment; its last output."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        status = project.sh("dvc", "queue", "status")
+        if not re.search(r"\b(Queued|Running)\b", status):
+            return status
+        assert time.monotonic() < deadline, f"the queue did not finish in {timeout_s} s:\n{status}"
+        time.sleep(3)
+
+
+def test_readme_blocks_run_as_written(project):
+    """Every README block tagged `run by: make test-dag`, each line as a user pastes it (after the README's
+    `. .venv/bin/activate`: this interpreter's bin first on PATH)."""
+    outputs = {}
+    for block in shell_blocks(DAG):
+        for command in block.commands:
+            outputs[command] = project.sh("bash", "-c", command)
+            if command.startswith("dvc queue start"):
+                status = wait_for_queue(project)
+                assert "Failed" not in status, status
+    assert any(c.startswith("dvc dag --md") and "graphs@demo-default" in out for c, out in outputs.items())
+    assert (project.path / "dvc_plots/index.html").is_file()
+    sweep_line = next(c for c in outputs if c.startswith("python -m mmpipe.sweep"))
+    assert "chosen" in outputs[sweep_line], outputs[sweep_line]
+    grid = list(csv.DictReader((project.path / "grid.csv").open()))
+    seeded = [r for r in grid if r["seed"] not in ("", "None")]  # the baseline and earlier runs have no seed
+    assert {(r["train.freedom.reg_weight"], r["seed"]) for r in seeded} == {
+        ("0", "1"), ("0", "2"), ("0.001", "1"), ("0.001", "2")
+    }, grid  # fmt: skip
+    assert all(float(r["test"]) > 0 for r in seeded), grid

@@ -9,6 +9,7 @@ import pytest
 from mmpipe.io import read_json
 from mmpipe.schemas import read_features
 from stages import download, features, ingest
+from stages.sources import reading
 
 
 def mmrec_folder(tmp_path, image_feat: np.ndarray | None):
@@ -63,14 +64,14 @@ def test_feature_rows_must_match_the_items(tmp_path, params):
 
 def test_amazon_2014_cnn_features_file_is_streamed_by_asin(tmp_path):
     rng = np.random.default_rng(0)
-    vectors = {asin: rng.random(ingest.AMAZON_CNN_DIM, dtype=np.float32) for asin in ("B000000001", "B000000003")}
-    vectors["B000000009"] = rng.random(ingest.AMAZON_CNN_DIM, dtype=np.float32)  # an item not in our set
+    vectors = {asin: rng.random(reading.AMAZON_CNN_DIM, dtype=np.float32) for asin in ("B000000001", "B000000003")}
+    vectors["B000000009"] = rng.random(reading.AMAZON_CNN_DIM, dtype=np.float32)  # an item not in our set
     path = tmp_path / "image_features_Baby.b"
     path.write_bytes(b"".join(a.encode() + v.astype("<f4").tobytes() for a, v in vectors.items()))
-    matrix, found = ingest.read_amazon_image_features(path, ["B000000001", "B000000002", "B000000003"])
+    matrix, found = reading.read_amazon_image_features(path, ["B000000001", "B000000002", "B000000003"])
     assert found.tolist() == [True, False, True]
     np.testing.assert_array_equal(matrix[0], vectors["B000000001"])
     np.testing.assert_array_equal(matrix[2], vectors["B000000003"])
     path.write_bytes(path.read_bytes()[:-7])
     with pytest.raises(ValueError, match="not a whole number of 16394-byte records"):
-        ingest.read_amazon_image_features(path, ["B000000001"])
+        reading.read_amazon_image_features(path, ["B000000001"])

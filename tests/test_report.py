@@ -7,6 +7,7 @@ import json
 import pytest
 
 from stages import report
+from stages.common import significance
 
 
 def write_run(root, dataset, model, setting, recall, scores_cold=True, epochs=3, feature_set="default"):
@@ -76,8 +77,8 @@ def test_report_without_runs_says_what_to_do(tmp_path, params):
 
 def test_holm_adjustment_by_hand():
     # sorted 0.01, 0.02, 0.04 -> 3 x 0.01, 2 x 0.02, max(0.04, 1 x 0.04) -> 0.03, 0.04, 0.04
-    assert report.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
-    assert report.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1, non-decreasing
+    assert significance.holm([0.04, 0.01, 0.02]) == pytest.approx([0.04, 0.03, 0.04])
+    assert significance.holm([0.5, 0.6]) == pytest.approx([1.0, 1.0])  # capped at 1, non-decreasing
 
 
 def test_each_model_is_tested_against_the_best_over_the_same_users(tmp_path, params):
@@ -109,7 +110,7 @@ def test_each_model_is_tested_against_the_best_over_the_same_users(tmp_path, par
     assert rows["lightgcn"].endswith("| best |")
     p_bpr = wilcoxon(values["lightgcn"], values["bpr"]).pvalue
     p_pop = wilcoxon(values["lightgcn"], values["pop"]).pvalue
-    adjusted = report.holm([p_pop, p_bpr])
+    adjusted = significance.holm([p_pop, p_bpr])
     assert "(p < 1e-4) *" in rows["bpr"] and adjusted[1] < 1e-4  # p shown as a bound below 1e-4
     assert f"(p {adjusted[0]:.2g})" in rows["pop"] and adjusted[0] >= 0.05 and "*" not in rows["pop"].split("|")[-2]
     assert "Wilcoxon signed-rank" in text and "Holm-adjusted" in text

@@ -6,7 +6,9 @@
   keys the stage is handed (stages.common.params.run_stage);
 * the `pipeline:` model lists agree with what each model file declares (`reads`, `scores_cold_items`,
   its HParams), and dvc.yaml's model stage groups iterate over the list of their group;
-* models never import from stages/.
+* models never import from stages/, and no stage module imports another (what several share lives in
+  stages/common, stages/encoders, stages/sources);
+* no source file is over MAX_LINES lines (tests aside).
 
 Each check is a function returning the problems it finds, tested twice: clean on the real files, and
 failing on a copy with one planted inconsistency.
@@ -14,6 +16,7 @@ failing on a copy with one planted inconsistency.
 
 from __future__ import annotations
 
+import ast
 import copy
 import importlib
 import os
@@ -21,6 +24,7 @@ import re
 import shlex
 import subprocess
 import sys
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -35,6 +39,7 @@ from tests import code_deps
 from tests.conftest import ROOT, dvc_files, dvc_stages
 
 CODE_ROOTS = ("mmpipe", "models", "stages")
+MAX_LINES = 450  # a file longer than this holds more than one job: split it by job
 
 
 def load_dvc_yaml() -> dict[str, Any]:
@@ -239,6 +244,122 @@ def test_models_never_import_stages():
         if re.search(r"^\s*(from|import) stages\b", text, re.MULTILINE):
             offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def stage_import_problems(stage_files: list[Path]) -> list[str]:
+    """Each `stages/<name>.py` that imports another stage module (directly: through a library is fine)."""
+    stage_set = set(stage_files)
+    return [
+        f"{path.relative_to(ROOT)} imports {other.relative_to(ROOT)}"
+        for path in stage_files
+        for other in sorted(code_deps.direct_imports(path) & stage_set)
+    ]
+
+
+def stage_modules() -> list[Path]:
+    return sorted(p for p in (ROOT / "stages").glob("*.py") if p.name != "__init__.py")
+
+
+def test_no_stage_imports_another_stage(tmp_path):
+    assert stage_import_problems(stage_modules()) == []
+    # the check sees an import of another stage, at module level or inside a function
+    for line in ("from stages import features", "def f():\n    from stages.train import run"):
+        planted = ROOT / "stages" / "_planted_stage.py"
+        planted.write_text(line + "\n")
+        try:
+            code_deps.direct_imports.cache_clear()
+            found = stage_import_problems(stage_modules())
+        finally:
+            planted.unlink()
+            code_deps.direct_imports.cache_clear()
+        assert len(found) == 1 and found[0].startswith("stages/_planted_stage.py imports stages/"), found
+
+
+# one home for each job: the training protocol, the encoders' freezing, block finding, loading and hub errors
+ONE_HOME = ("epoch_loop", "state_on_cpu", "freeze_below_top", "transformer_blocks", "resolve_model", "hub_errors")
+
+
+def source_files() -> list[str]:
+    """The project's Python files outside tests/ (tracked, or new and not ignored)."""
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard", "*.py"],
+        cwd=ROOT, capture_output=True, text=True, check=True,
+    ).stdout.split()  # fmt: skip
+    return [p for p in listed if not p.startswith("tests/") and (ROOT / p).is_file()]
+
+
+def homes(pattern: str, paths: list[str]) -> list[str]:
+    """`file:line` of every line matching `pattern`."""
+    regex = re.compile(pattern)
+    return [
+        f"{rel}:{n}"
+        for rel in paths
+        for n, line in enumerate((ROOT / rel).read_text(encoding="utf-8").splitlines(), 1)
+        if regex.search(line)
+    ]
+
+
+def test_one_home_for_the_training_loop_and_the_encoder_jobs():
+    sources = source_files()
+    assert len(homes(r"^\s*for epoch in\b", sources)) == 1, homes(r"^\s*for epoch in\b", sources)
+    for name in ONE_HOME:
+        assert len(homes(rf"^\s*def {name}\(", sources)) == 1, (name, homes(rf"^\s*def {name}\(", sources))
+    # a second home would count: the same file listed twice gives two
+    assert len(homes(r"^\s*def freeze_below_top\(", [*sources, "mmpipe/hf.py"])) == 2
+
+
+def file_names(tree: ast.AST) -> list[str]:
+    """The string constants of a module that name a file (`name.ext`, `{slot}.ext`), in f-strings too."""
+    return [
+        node.value
+        for node in ast.walk(tree)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and FILE_NAME.fullmatch(node.value)
+    ]
+
+
+FILE_NAME = re.compile(r"[\w{}./-]*\.(?:parquet|json|lmdb|pt|csv|npz|npy|md|yaml|checked|inter)")
+
+
+# a source's own published files that share a name with one of ours (LATTICE's split: 5-core/train.json)
+FOREIGN_FILES = {"5-core/train.json"}
+
+
+def repeated_path_names(home: str, paths: list[str]) -> list[str]:
+    """Every file name that `home` (mmpipe/paths.py) spells and another source file spells again."""
+    names = {n for n in file_names(ast.parse((ROOT / home).read_text(encoding="utf-8"))) if not n.startswith(".")}
+    return sorted(
+        f"{rel}: {name}"
+        for rel in paths
+        if rel != home
+        for name in file_names(ast.parse((ROOT / rel).read_text(encoding="utf-8")))
+        if name not in FOREIGN_FILES and (name in names or any(name.endswith("/" + known) for known in names))
+    )
+
+
+def test_every_artefact_file_name_is_spelt_once():
+    """The layout's file names live in mmpipe/paths.py; the code asks it (`ds.items`, `RunFiles.checkpoint`)."""
+    sources = source_files()
+    assert repeated_path_names("mmpipe/paths.py", sources) == []
+    assert "model.pt" in file_names(ast.parse((ROOT / "mmpipe/paths.py").read_text()))
+    # a second spelling is found, plain or in an f-string
+    found = file_names(ast.parse('p = root / "model.pt"\nq = f"{root}/items.parquet"\nr = "x"'))
+    assert found == ["model.pt", "/items.parquet"], found
+
+
+def long_files(paths: list[str], limit: int = MAX_LINES) -> list[str]:
+    out = []
+    for rel in paths:
+        n = len((ROOT / rel).read_text(encoding="utf-8").splitlines())
+        if n > limit:
+            out.append(f"{rel}: {n} lines")
+    return out
+
+
+def test_no_source_file_is_over_the_line_limit():
+    sources = source_files()
+    assert len(sources) > 50  # the project's modules, not an empty listing
+    assert long_files(sources) == []
+    assert long_files(sources, limit=100)  # the count is real: many files are over 100 lines
 
 
 def test_family_files_run_from_the_root_and_read_its_params():

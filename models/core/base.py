@@ -30,6 +30,7 @@ from torch import nn
 
 from mmpipe.config import Config, ParamsError
 from mmpipe.devices import to_device
+from models.core.graph import top_k
 
 # What a model reads, and so which dvc.yaml stage group (train_<reads>) must run it.
 READS = ("id", "feat", "graph", "seq")  # seq: sequential models, run by the pretrain/transfer stages
@@ -49,6 +50,15 @@ class TrainData:
     user_co: sp.csr_matrix | None = None  # user-user co-occurrence counts (top-k)
     item_co: sp.csr_matrix | None = None  # item-item co-occurrence counts (top-k)
     user_knn: dict[str, sp.csr_matrix] = field(default_factory=dict)  # modality -> user-user top-k cosine
+    paths: dict[str, str] = field(default_factory=dict)  # "knn/<modality>", "item_co", ... -> the file read
+
+    def graph_path(self, name: str) -> str:
+        """The file a graph was read from (errors name it), or the graph's name when it was built in memory."""
+        return self.paths.get(name, name)
+
+    def item_knn(self, modality: str, k: int) -> sp.csr_matrix:
+        """The first k neighbours of each item in the modality's kNN graph (too few stored: an error naming it)."""
+        return top_k(self.knn[modality], k, self.graph_path(f"knn/{modality}"))
 
     @property
     def seen_items(self) -> np.ndarray:

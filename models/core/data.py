@@ -73,9 +73,13 @@ def load_train_data(
                 raise ValueError(f"{path}: {matrix.shape[0]} rows for {split.n_items} items")
             data.features[modality] = torch.from_numpy(matrix)
     if reads == "graph":
+        files = {"user_co": ds.setting_graph(feature_set, setting, "user_co")}
+        files["item_co"] = ds.setting_graph(feature_set, setting, "item_co")
         for modality in sorted(modalities):
-            data.knn[modality] = read_csr(ds.knn_graph(feature_set, modality))
-            data.user_knn[modality] = read_csr(ds.setting_graph(feature_set, setting, f"user_knn_{modality}"))
-        data.user_co = read_csr(ds.setting_graph(feature_set, setting, "user_co"))
-        data.item_co = read_csr(ds.setting_graph(feature_set, setting, "item_co"))
+            files[f"knn/{modality}"] = ds.knn_graph(feature_set, modality)
+            files[f"user_knn/{modality}"] = ds.setting_graph(feature_set, setting, f"user_knn_{modality}")
+            data.knn[modality] = read_csr(files[f"knn/{modality}"])
+            data.user_knn[modality] = read_csr(files[f"user_knn/{modality}"])
+        data.user_co, data.item_co = read_csr(files["user_co"]), read_csr(files["item_co"])
+        data.paths = {name: str(path) for name, path in files.items()}
     return data, split

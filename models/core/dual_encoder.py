@@ -7,9 +7,9 @@ encoder trained by the recommendation loss). Both need the same four things, wri
 * `load_dual_encoder`: `AutoModel` / `AutoTokenizer` / `AutoImageProcessor.from_pretrained` of a hub name
   or a local directory (the demo's seeded random CLIP, a downloaded `openai/clip-vit-base-patch32`, a
   SigLIP, or a fine-tuned output of `finetune_encoder`);
-* `freeze_below_top`: every parameter frozen except the top `n_trainable_layers` transformer blocks of
-  each tower and what comes after them (final layer norms, pooling heads, projections, logit scale);
-  0 freezes everything;
+* freezing: `mmpipe.hf.freeze_below_top(model, n, towers=TOWERS, heads=True)`, every parameter frozen
+  except the top `n` transformer blocks of each tower and what comes after them (final layer norms,
+  pooling heads, projections, logit scale); 0 freezes everything;
 * `ItemInputs`: each item's text tokenised and its image decoded, resized and cropped once (uint8, in
   worker threads), so a training step only normalises a batch of pixels and runs the model;
 * `contrastive_loss`: CLIP's symmetric image-text InfoNCE.
@@ -29,12 +29,11 @@ from torch import nn
 from tqdm import tqdm
 
 from mmpipe import lmdb_store
-from mmpipe.hf import hub_errors, pick_output, resolve_model, transformer_blocks
+from mmpipe.hf import hub_errors, pick_output, resolve_model
 from mmpipe.io import read_parquet
 from mmpipe.schemas import ITEM_FIELDS, decode_image, item_text
 
 TOWERS = ("text_model", "vision_model")
-FROZEN_STEMS = ("embeddings", "pre_layrnorm")  # what sits below the blocks in each tower
 
 
 def load_dual_encoder(ref: str, allow_download: bool = False, key: str = "model") -> tuple[nn.Module, Any, Any]:
@@ -58,31 +57,6 @@ def pads_to_max_length(model: nn.Module) -> bool:
     """SigLIP was trained on texts padded to full length and pools the last position: keep the padding.
     CLIP pools its end-of-text token, so a batch can be cut to its longest text."""
     return str(getattr(model.config, "model_type", "")).startswith("siglip")
-
-
-def freeze_below_top(model: nn.Module, n_trainable_layers: int) -> tuple[int, int]:
-    """Train the top `n_trainable_layers` blocks of both towers and every parameter above them; freeze the
-    rest. Returns (trainable, frozen) parameter counts."""
-    frozen_ids: set[int] = set()
-    if n_trainable_layers == 0:
-        frozen_ids = {id(p) for p in model.parameters()}
-    for name in TOWERS:
-        tower = getattr(model, name)
-        blocks = transformer_blocks(tower)
-        if n_trainable_layers > len(blocks):
-            raise ValueError(f"n_trainable_layers = {n_trainable_layers}, but {name} has {len(blocks)} blocks")
-        for block in list(blocks)[: len(blocks) - n_trainable_layers]:
-            frozen_ids |= {id(p) for p in block.parameters()}
-        for stem in FROZEN_STEMS:
-            if hasattr(tower, stem):
-                frozen_ids |= {id(p) for p in getattr(tower, stem).parameters()}
-    trainable = frozen = 0
-    for p in model.parameters():
-        train = id(p) not in frozen_ids
-        p.requires_grad_(train)
-        trainable += p.numel() if train else 0
-        frozen += 0 if train else p.numel()
-    return trainable, frozen
 
 
 def set_gradient_checkpointing(model: nn.Module, enabled: bool) -> None:

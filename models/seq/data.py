@@ -20,7 +20,7 @@ import numpy as np
 import pyarrow as pa
 import scipy.sparse as sp
 
-from mmpipe.io import read_parquet
+from mmpipe.io import read_parquet, sha256_tree
 from mmpipe.paths import DatasetDir
 from mmpipe.schemas import check_same_ingest
 
@@ -147,3 +147,16 @@ def training_batch(seqs: Sequences, users: np.ndarray, max_seq_len: int) -> tupl
     position j of the targets (the next item); PAD where a user's sequence is shorter."""
     full = left_pad([seqs.train[u] for u in users], max_seq_len + 1)
     return full[:, :-1], full[:, 1:]
+
+
+def sequence_input_files(ds: DatasetDir) -> dict[str, Path]:
+    """The files `load_sequences` and the item towers read of a dataset, by their name in a record."""
+    return {path.name: path for path in (ds.interactions, ds.items, ds.images)}
+
+
+def sequence_input_hashes(ds: DatasetDir) -> dict[str, str]:
+    """sha256 of each of them: what the pretrain_input stage records and pretrain checks before training."""
+    missing = [str(p) for p in sequence_input_files(ds).values() if not p.exists()]
+    if missing:
+        raise FileNotFoundError(f"{', '.join(missing)}: not found (run ingest and images for {ds.name} first)")
+    return {name: sha256_tree(path) for name, path in sequence_input_files(ds).items()}

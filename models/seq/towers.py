@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from mmpipe.hf import transformer_blocks
+from mmpipe.hf import freeze_below_top, transformer_blocks
 from mmpipe.schemas import decode_image
 
 PIXEL_MEAN, PIXEL_STD = 0.5, 0.5  # PMMRec's normalisation of CLIP inputs
@@ -50,22 +50,6 @@ def load_image_model(ref: str, local_only: bool = True) -> nn.Module:
         return CLIPVisionModel.from_pretrained(ref, local_files_only=local_only)
     finally:
         transformers_logging.set_verbosity(verbosity)
-
-
-def freeze_below_top(model: nn.Module, n_trainable_layers: int) -> tuple[int, int]:
-    """Freeze every parameter except those of the top `n_trainable_layers` blocks; (trainable, frozen)."""
-    blocks = transformer_blocks(model)
-    if n_trainable_layers > len(blocks):
-        raise ValueError(f"n_trainable_layers = {n_trainable_layers}, but the encoder has {len(blocks)} blocks")
-    top = {id(p) for block in list(blocks)[len(blocks) - n_trainable_layers :] for p in block.parameters()}
-    trainable = frozen = 0
-    for p in model.parameters():
-        p.requires_grad_(id(p) in top)
-        if id(p) in top:
-            trainable += p.numel()
-        else:
-            frozen += p.numel()
-    return trainable, frozen
 
 
 def _layer_output(out: object) -> torch.Tensor:

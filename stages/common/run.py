@@ -17,12 +17,13 @@ import torch
 
 from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import resolve_device
+from mmpipe.hf import freeze_below_top
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, RUNS, DatasetDir, RunFiles, run_dir
 from models.core.base import HParams, Recommender, TrainData
 from models.core.data import Split, load_train_data
 from models.core.dual_encoder import (
-    freeze_below_top,
+    TOWERS,
     load_dual_encoder,
     pads_to_max_length,
     prepare_items,
@@ -154,7 +155,7 @@ def build_model(
         return spec.cls(data, hp)
     cfg = e2e_config(params)
     encoder, tokenizer, processor = load_dual_encoder(cfg.model, allow_download(params), key="train.e2e.model")
-    trainable, frozen = freeze_below_top(encoder, cfg.n_trainable_layers)
+    trainable, frozen = freeze_below_top(encoder, cfg.n_trainable_layers, towers=TOWERS, heads=True)
     set_gradient_checkpointing(encoder, cfg.gradient_checkpointing)
     ds = DatasetDir.of(spec.dataset, processed)
     inputs = prepare_items(

@@ -25,7 +25,7 @@ from mmpipe.config import Config, param
 from mmpipe.hf import hub_errors, resolve_model
 from mmpipe.io import csv_text, read_parquet, write_bytes, write_json, write_text
 from mmpipe.log import get_logger
-from mmpipe.paths import DatasetDir
+from mmpipe.paths import DatasetDir, RunFiles
 from mmpipe.schemas import ITEM_FIELDS, item_text
 from models.core.registry import model_config
 from models.core.trainer import FitResult
@@ -213,6 +213,7 @@ def write_run(out_dir: Path, result: FitResult, hp: PMMRec.HParams, cfg: SeqTrai
         seconds_per_epoch=round(float(np.mean(epochs)), 3) if epochs else 0.0,
     )
     checkpoint = checkpoint_bytes(result.best_state, hp, result.best_epoch, cfg.max_seq_len, summary.get("sources"))
-    write_bytes(out_dir / "model.pt", checkpoint)
-    write_text(out_dir / "history.csv", csv_text(result.history))
-    write_json(out_dir / "train.json", summary)
+    files = RunFiles(out_dir)
+    write_bytes(files.checkpoint, checkpoint)
+    write_text(files.history, csv_text(result.history))
+    write_json(files.train_summary, summary)

@@ -12,7 +12,8 @@ from collections import Counter
 from typing import Any
 
 from stages.sources.fields import _first_url, clean_categories, clean_text
-from stages.sources.records import MetaSpec, ReviewSpec
+from stages.sources.meta_lines import MetaSpec
+from stages.sources.records import ReviewSpec
 
 AMAZON2014_REVIEWS = ReviewSpec("reviewerID", "asin", "overall", "unixReviewTime")
 AMAZON2018_REVIEWS = AMAZON2014_REVIEWS

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from mmpipe.paths import MMREC_ITEM_MAP, MMREC_USER_MAP, feature_file
 from stages.common.params import ParamsError
 
 AMAZON2014_BASE = "http://snap.stanford.edu/data/amazon/productGraph/categoryFiles"
@@ -143,10 +144,10 @@ def file_specs(source: str, cfg: dict) -> list[FileSpec]:
             raise ParamsError("params.yaml: datasets.<ds>.name (the MMRec dataset name, e.g. baby) is required")
         return [
             FileSpec("interactions", f"{name}.inter", "mmrec-inter", None),
-            FileSpec("user_map", "u_id_mapping.csv", "mmrec-map", None, optional=True),
-            FileSpec("item_map", "i_id_mapping.csv", "mmrec-map", None, optional=True),
-            FileSpec("image_feat", "image_feat.npy", "npy", None, optional=True),
-            FileSpec("text_feat", "text_feat.npy", "npy", None, optional=True),
+            FileSpec("user_map", MMREC_USER_MAP, "mmrec-map", None, optional=True),
+            FileSpec("item_map", MMREC_ITEM_MAP, "mmrec-map", None, optional=True),
+            FileSpec("image_feat", feature_file("image"), "npy", None, optional=True),
+            FileSpec("text_feat", feature_file("text"), "npy", None, optional=True),
         ]
     if source == "lattice":
         return [
@@ -155,7 +156,7 @@ def file_specs(source: str, cfg: dict) -> list[FileSpec]:
             FileSpec("test", "5-core/test.json", "lattice-split", None),
             FileSpec("user_map", "user2id.json", "lattice-map", None, optional=True),
             FileSpec("item_map", "item2id.json", "lattice-map", None, optional=True),
-            FileSpec("image_feat", "image_feat.npy", "npy", None, optional=True),
-            FileSpec("text_feat", "text_feat.npy", "npy", None, optional=True),
+            FileSpec("image_feat", feature_file("image"), "npy", None, optional=True),
+            FileSpec("text_feat", feature_file("text"), "npy", None, optional=True),
         ]
     raise ParamsError(f"params.yaml: source {source!r} is not in the catalog (known: {', '.join(SOURCES)})")

@@ -50,8 +50,9 @@ numeric string is accepted), or whose rating is not a finite number; a missing/n
 (implicit feedback). Blank lines are skipped without being counted as malformed.
 
 Where the code lives: `blocks.py` (the byte engine: decompression into blocks of whole lines),
-`records.py` (record parsing, the review block parser, the meta-lines reader), `fields.py` (field
-cleaning), `amazon.py` (the per-release field specs); this module only registers the readers.
+`line_parser.py` (one line to a record), `records.py` (the review rules and block parser),
+`meta_lines.py` (the meta-lines reader), `fields.py` (field cleaning), `amazon.py` (the per-release
+field specs), `reading.py` (the manifest's files through these readers); this module only registers them.
 
 Speed (see bench/ingest_scale.py): a background thread decompresses each reviews file into blocks of
 whole lines (``BLOCK_SIZE``); ``PARSE_WORKERS`` threads parse blocks (pyarrow releases the GIL). In a
@@ -76,7 +77,8 @@ from typing import Any
 
 from stages.sources import amazon, bilibili
 from stages.sources.malformed import Malformed
-from stages.sources.records import ReviewColumns, _meta_reader, _reviews_reader
+from stages.sources.meta_lines import _meta_reader
+from stages.sources.records import ReviewColumns, _reviews_reader
 
 ReviewReader = Callable[[Path, Malformed], ReviewColumns]
 MetaReader = Callable[[Path, Malformed, set[str] | None], Iterator[dict[str, Any]]]

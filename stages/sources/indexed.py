@@ -16,6 +16,7 @@ import pandas as pd
 
 from mmpipe.io import read_json
 from mmpipe.log import get_logger
+from mmpipe.paths import MANIFEST
 
 log = get_logger("ingest")
 
@@ -47,13 +48,13 @@ def _path(manifest: dict[str, Any], role: str, raw_dir: Path, *, required: bool)
     if entry is None:
         if required:
             roles = sorted({e.get("role") for e in manifest.get("files", [])})
-            raise ValueError(f"{raw_dir / 'MANIFEST.json'}: no file with role '{role}' (roles listed: {roles})")
+            raise ValueError(f"{raw_dir / MANIFEST}: no file with role '{role}' (roles listed: {roles})")
         return None
     if "path" not in entry:
-        raise ValueError(f"{raw_dir / 'MANIFEST.json'}: the '{role}' entry has no 'path'")
+        raise ValueError(f"{raw_dir / MANIFEST}: the '{role}' entry has no 'path'")
     path = raw_dir / entry["path"]
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: listed in {raw_dir / 'MANIFEST.json'} as {role} but missing")
+        raise FileNotFoundError(f"{path}: listed in {raw_dir / MANIFEST} as {role} but missing")
     return path, str(entry.get("format", ""))
 
 

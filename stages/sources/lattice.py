@@ -13,6 +13,7 @@ import numpy as np
 import pandas as pd
 
 from mmpipe.io import read_json
+from mmpipe.paths import MANIFEST
 from stages.sources.indexed import Read, _index, _path
 from stages.sources.malformed import Malformed
 
@@ -54,7 +55,7 @@ def read(manifest: dict[str, Any], raw_dir: Path) -> Read:
     for code, role in enumerate(SPLIT_ROLES):
         path, fmt = _path(manifest, role, raw_dir, required=True)  # type: ignore[misc]
         if fmt not in ("", "lattice-split"):
-            raise ValueError(f"{raw_dir / 'MANIFEST.json'}: {role} format {fmt!r} is not 'lattice-split'")
+            raise ValueError(f"{raw_dir / MANIFEST}: {role} format {fmt!r} is not 'lattice-split'")
         part, where_part = read_lattice_split(path, code)
         parts.append(part)
         wheres.extend(where_part)

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from mmpipe.paths import MANIFEST
 from stages.sources.indexed import Read, _lines, _path
 from stages.sources.malformed import Malformed
 
@@ -89,7 +90,7 @@ def _int_field(text: str, name: str) -> int:
 def read(manifest: dict[str, Any], raw_dir: Path) -> Read:
     path, fmt = _path(manifest, "interactions", raw_dir, required=True)  # type: ignore[misc]
     if fmt not in ("", "mmrec-inter"):
-        raise ValueError(f"{raw_dir / 'MANIFEST.json'}: interactions format {fmt!r} is not 'mmrec-inter'")
+        raise ValueError(f"{raw_dir / MANIFEST}: interactions format {fmt!r} is not 'mmrec-inter'")
     bad = Malformed(path.name)
     frame, where, n_lines, header = read_mmrec_inter(path, bad)
     notes = []

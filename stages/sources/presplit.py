@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from mmpipe import schemas
 from mmpipe.log import get_logger
+from mmpipe.paths import MANIFEST
 from stages.sources import lattice, mmrec
 from stages.sources.indexed import MAX_LISTED, Read, _check_range, _maps, _path
 
@@ -58,7 +59,7 @@ def load(manifest: dict[str, Any], raw_dir: Path) -> tuple[pd.DataFrame, pa.Tabl
     """Read a presplit dataset: (interactions, items table, users table, stats), indices and split as given."""
     source = manifest.get("source")
     if source not in READERS:
-        raise ValueError(f"{raw_dir / 'MANIFEST.json'}: source {source!r} is not a presplit source {tuple(READERS)}")
+        raise ValueError(f"{raw_dir / MANIFEST}: source {source!r} is not a presplit source {tuple(READERS)}")
     user_map, item_map = _maps(manifest, raw_dir)
     malformed: dict[str, Any] = {}
     notes: list[str] = [
@@ -170,7 +171,7 @@ def precomputed_features(
         return None
     path, fmt = found
     if fmt not in ("", "npy"):
-        raise ValueError(f"{raw_dir / 'MANIFEST.json'}: {modality}_feat format {fmt!r} is not 'npy'")
+        raise ValueError(f"{raw_dir / MANIFEST}: {modality}_feat format {fmt!r} is not 'npy'")
     try:
         matrix = np.load(path, allow_pickle=False)
     except (ValueError, OSError, EOFError) as exc:

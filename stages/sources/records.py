@@ -1,18 +1,14 @@
-"""Record parsing for the raw formats: JSON or Python-literal lines, the per-line review rules, the
-block parser of JSON-lines reviews (pyarrow with a per-line fallback) and the meta-lines reader.
+"""The review readers: the per-line review rules and the block parser of JSON-lines reviews (pyarrow,
+with a per-line fallback through `line_parser.parse_record`). The meta reader is `meta_lines.py`.
 
 See `stages/sources/formats.py` for the contract the readers fulfil and the rules they apply.
 """
 
 from __future__ import annotations
 
-import ast
-import functools
-import json
 import math
 import re
-from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,25 +25,20 @@ from stages.sources.blocks import (
     _decode,
     _line_bounds,
     _object_lines,
-    decode_line,
     iter_blocks,
     ordered_map,
     prefetch,
 )
+from stages.sources.line_parser import parse_record
 from stages.sources.malformed import Malformed
 
 log = get_logger("ingest")
 
-try:  # a dependency of dvc-data, so normally present; json gives the same values, slower
-    import orjson
-except ImportError:  # pragma: no cover - depends on the environment
-    orjson = None
 
 MIN_PIECE_LINES = 64  # below this, a piece that pyarrow rejects is parsed line by line
 PIECE_BYTES = 2 << 20  # bytes of object lines per pyarrow call (as fast as larger; a rejection costs less)
 PIECES = 8  # a rejected piece without a row hint is retried in this many parts
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
-_NOTHING = object()
 
 
 # ------------------------------------------------------------------------------------------------ columns
@@ -88,124 +79,6 @@ def as_review_columns(obj: Any, lines: int | None = None) -> ReviewColumns:
         np.asarray(timestamp, dtype=np.int64),
         n if lines is None else lines,
     )
-
-
-def _json_loads(text: str) -> Any:
-    """Strict JSON (orjson when installed, else json)."""
-    if orjson is not None:
-        return orjson.loads(text)
-    return json.loads(text)
-
-
-# A Python string literal without prefix, escape-aware, on one line: group 1 single-, group 2 double-quoted.
-_PY_STRING = re.compile(r"""'([^'\\\n]*(?:\\.[^'\\\n]*)*)'|"([^"\\\n]*(?:\\.[^"\\\n]*)*)\"""")
-_PY_ESCAPE = re.compile(r'\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)|"')
-_BARE_WORD = re.compile(r"\b(?:True|False|None|nan)\b")
-# Python's repr writes a missing float as `nan`, which neither JSON nor ast.literal_eval reads: null.
-_BARE_JSON = {"True": "true", "False": "false", "None": "null", "nan": "null"}
-
-
-class _Untranslatable(Exception):
-    pass
-
-
-def _escape_to_json(match: re.Match) -> str:
-    code = match.group(1)
-    if code is None:  # a bare '"' inside a single-quoted string
-        return '\\"'
-    head = code[0]
-    if head in '\\"nrtbf':
-        return match.group(0)  # the same character in JSON
-    if head == "'":
-        return "'"
-    if head == "x" and len(code) == 3:
-        return "\\u00" + code[1:]
-    if head == "u" and len(code) == 5 and not 0xD800 <= int(code[1:], 16) <= 0xDFFF:
-        return match.group(0)  # surrogates differ (JSON pairs them, Python does not): literal_eval decides
-    raise _Untranslatable  # \a \v \0 \N{} \U, octal, unknown escapes: literal_eval decides
-
-
-def literal_to_json(line: str) -> str | None:
-    """Translate a one-line Python literal into JSON text with the same value, or None when unsure.
-
-    Exact whenever the result parses as JSON: strings keep their content (the escapes both languages
-    share are kept, `\\'` and `\\xHH` are rewritten, any other escape gives None); True/False/None
-    outside strings become true/false/null; everything else must already be JSON (numbers, brackets),
-    so a tuple, a set, a prefix (u'', b''), a comment or a stray quote makes invalid JSON, and the
-    caller falls back to `ast.literal_eval`.
-    """
-    line = line.strip()
-    if "'''" in line or '"""' in line or "\x00" in line:
-        return None
-    if '"' not in line and "\\" not in line:
-        if line.count("'") % 2:
-            return None  # an unbalanced quote
-        if not ("True" in line or "False" in line or "None" in line or "nan" in line) or not _BARE_WORD.search(line):
-            return line.replace("'", '"')
-        parts = line.split("'")
-        outside, bodies = parts[0::2], parts[1::2]
-    else:
-        parts = _PY_STRING.split(line)
-        outside = parts[0::3]
-        bodies = []
-        try:
-            for single, double in zip(parts[1::3], parts[2::3], strict=True):
-                body = single if single is not None else double
-                if "\\" in body or (single is not None and '"' in body):
-                    body = _PY_ESCAPE.sub(_escape_to_json, body)
-                bodies.append(body)
-        except _Untranslatable:
-            return None
-    joined = "\x00".join(outside)
-    if "'" in joined or '"' in joined:
-        return None  # a quote no string literal took: not a literal we can translate
-    if "True" in joined or "False" in joined or "None" in joined or "nan" in joined:
-        outside = _BARE_WORD.sub(lambda m: _BARE_JSON[m.group(0)], joined).split("\x00")
-    pieces: list[str] = [""] * (len(outside) + len(bodies))
-    pieces[0::2] = outside
-    pieces[1::2] = bodies
-    return '"'.join(pieces)
-
-
-_NAN_WORD = re.compile(r"\bnan\b")
-
-
-def parse_record(line: str, repairs: Counter | None = None) -> dict[str, Any]:
-    """One JSON object, or one Python-literal dict as the Amazon 2014 meta files contain.
-
-    Tried in turn: strict JSON; the Python literal translated to JSON (`literal_to_json`, which reads
-    Python's `nan` as null, counted as `nan_as_missing` in `repairs`); lenient JSON (`json.loads`: NaN,
-    huge integers, lone surrogates); `ast.literal_eval`. JSON wins where a line is both (as before).
-    """
-    try:
-        if line.startswith("{'"):  # a Python literal for sure: not JSON
-            raise ValueError
-        obj = _json_loads(line)
-    except ValueError:
-        obj = _NOTHING
-        text = literal_to_json(line)
-        if text is not None:
-            try:
-                obj = _json_loads(text)
-            except ValueError:
-                obj = _NOTHING
-            if obj is not _NOTHING and repairs is not None and "nan" in line:
-                nans = len(_NAN_WORD.findall(line)) - len(_NAN_WORD.findall(text))  # those outside strings
-                if nans:
-                    repairs["nan_as_missing"] += nans
-        if obj is _NOTHING and orjson is not None:
-            try:
-                obj = json.loads(line)
-            except ValueError:
-                obj = _NOTHING
-        if obj is _NOTHING:
-            try:
-                obj = ast.literal_eval(line.strip())
-            except (ValueError, SyntaxError, MemoryError, RecursionError, TypeError) as exc:
-                raise ValueError(f"neither JSON nor a Python literal ({type(exc).__name__})") from None
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected an object, got {type(obj).__name__}")
-    return obj
 
 
 # ------------------------------------------------------------------------------------------------ reviews
@@ -267,7 +140,7 @@ def _rating_value(value: Any, name: str) -> float:
     return out
 
 
-def _id_value(value: Any, name: str) -> str:
+def id_value(value: Any, name: str) -> str:
     if not value or not isinstance(value, str):
         raise ValueError(f"missing field '{name}'")
     try:
@@ -280,8 +153,8 @@ def _id_value(value: Any, name: str) -> str:
 def _review_fields(text: str, spec: ReviewSpec) -> tuple[str, str, float, int]:
     """(user, item, rating, time as written) of one review line; ValueError names what is wrong."""
     rec = parse_record(text)
-    user = _id_value(rec.get(spec.user), spec.user)
-    item = _id_value(rec.get(spec.item), spec.item)
+    user = id_value(rec.get(spec.user), spec.user)
+    item = id_value(rec.get(spec.item), spec.item)
     ts = rec.get(spec.time)
     if ts is None:
         raise ValueError(f"missing field '{spec.time}'")
@@ -566,86 +439,4 @@ def _reviews_reader(spec: ReviewSpec) -> Callable[[Path, Malformed], ReviewColum
         return read_json_reviews(path, bad, spec)
 
     read.__doc__ = f"Reviews as JSON lines: {spec.user}, {spec.item}, {spec.rating}, {spec.time}."
-    return read
-
-
-@dataclass(frozen=True)
-class MetaSpec:
-    """A meta format: the item id's key, the quotes around keys, and the record -> item mapping."""
-
-    id_key: str
-    quotes: bytes
-    item: Callable[[dict[str, Any], Counter], dict[str, Any]]  # record, repairs counter -> item fields
-
-    @property
-    def id_regex(self) -> re.Pattern[bytes]:
-        """`key<q>: <q>value<q>` on one line (the value without quotes, backslashes or newlines).
-
-        It starts with the key's literal text, so `re` scans for it fast; the quote before the key is
-        checked by the caller (a look-behind here would make the scan several times slower).
-        """
-        return _id_regex(self.id_key, self.quotes)
-
-
-@functools.cache
-def _id_regex(key: str, quotes: bytes) -> re.Pattern[bytes]:
-    q = b"[" + re.escape(quotes) + b"]"
-    value = rb"""([^'"\\\n]+)"""
-    return re.compile(re.escape(key).encode() + q + rb"[ \t]*:[ \t]*" + q + value + q)
-
-
-def _lines_to_parse(
-    block: bytes, spec: MetaSpec, wanted: set[bytes] | None
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(line indices worth parsing, starts, ends): lines that are not blank and not surely unwanted."""
-    arr, starts, ends = _line_bounds(block)
-    candidates = ends > starts
-    if wanted is not None and len(ends):
-        has_id = np.zeros(len(ends), dtype=bool)
-        any_wanted = np.zeros(len(ends), dtype=bool)
-        found = [(m.start(), m.group(1)) for m in spec.id_regex.finditer(block)]
-        if found:
-            at = np.fromiter((a for a, _ in found), dtype=np.int64, count=len(found))
-            # the key must follow a quote (not be the tail of another key, e.g. `parent_asin` for `asin`)
-            keyed = (at > 0) & np.isin(arr[np.maximum(at - 1, 0)], np.frombuffer(spec.quotes, dtype=np.uint8))
-            # wanted, or not ASCII (the file's bytes may differ from the decoded id): parse to decide
-            flags = np.fromiter((v in wanted or not v.isascii() for _, v in found), dtype=bool, count=len(found))
-            line_of = np.searchsorted(ends, at[keyed], side="left")
-            has_id[line_of] = True
-            any_wanted[line_of[flags[keyed]]] = True
-        surely_unwanted = has_id & ~any_wanted & _object_lines(arr, starts, ends)
-        candidates &= ~surely_unwanted
-    return np.flatnonzero(candidates), starts, ends
-
-
-def read_meta_lines(
-    path: Path, bad: Malformed, wanted: set[str] | None, spec: MetaSpec, block_size: int = BLOCK_SIZE
-) -> Iterator[dict[str, Any]]:
-    """Item records of a meta file with one record per line; returns the number of lines read."""
-    wanted_bytes = None if wanted is None else {w.encode("utf-8") for w in wanted}
-    lines = 0
-    for first_line, block in prefetch(iter_blocks(path, block_size)):
-        idx, starts, ends = _lines_to_parse(block, spec, wanted_bytes)
-        lines = first_line + len(ends) - 1
-        for k in idx.tolist():
-            text = decode_line(block[starts[k] : ends[k]], bad.repairs)
-            if not text.strip():
-                continue
-            try:
-                rec = parse_record(text, bad.repairs)
-                item_id = _id_value(rec.get(spec.id_key), spec.id_key)
-            except ValueError as exc:
-                bad.add(first_line + k, str(exc))
-                continue
-            if wanted is not None and item_id not in wanted:
-                continue
-            yield {"item_id": item_id, **spec.item(rec, bad.repairs)}
-    return lines
-
-
-def _meta_reader(spec: MetaSpec) -> Callable[[Path, Malformed, set[str] | None], Iterator[dict[str, Any]]]:
-    def read(path: Path, bad: Malformed, wanted: set[str] | None) -> Iterator[dict[str, Any]]:
-        return read_meta_lines(path, bad, wanted, spec)
-
-    read.__doc__ = f"Item records keyed by {spec.id_key!r}, one per line."
     return read
