@@ -38,7 +38,7 @@ from mmpipe.paths import DEMO_TRUTH, IMAGE_EXTENSIONS, MANIFEST, RAW, RAW_IMAGES
 from stages.common.datasets import DatasetConfig, dataset_config
 from stages.common.params import declared, run_stage
 from stages.sources import catalog, demo, http
-from stages.sources.catalog import FileSpec
+from stages.sources.source import FileSpec
 
 log = get_logger("download")
 
@@ -122,7 +122,7 @@ def fetch_remote(
 ) -> dict[str, Any]:
     url = cfg.urls.get(spec.role) or spec.url
     if not url:
-        reason = catalog.NO_DIRECT_LINK.get(cfg.source, "no URL is known")
+        reason = catalog.source(cfg.family).no_direct_link or "no URL is known"
         raise ParamsError(
             f"params.yaml: dataset '{dataset}': no URL for its {spec.role} file {spec.path} ({reason}); download it "
             f"by hand and set datasets.{dataset}.path to its folder, or give datasets.{dataset}.urls.{spec.role}"
@@ -154,7 +154,7 @@ def take_pmmrec_covers(cfg: DatasetConfig, tmp: Path, manifest: dict[str, Any]) 
     from stages.sources import bilibili
     from stages.sources.malformed import Malformed
 
-    covers = local_folder(cfg) / bilibili.pmmrec_files(cfg.name or "bili_food")["covers_lmdb"]
+    covers = local_folder(cfg) / bilibili.pmmrec_files(cfg.name or bilibili.DEFAULT_NAME)["covers_lmdb"]
     if not covers.exists():
         return
     items_entry = next(e for e in manifest["files"] if e["role"] == "items")

@@ -2,7 +2,7 @@
 
 Inputs come from `raw/<ds>/MANIFEST.json`: every file with role `reviews` (or `interactions`) and every
 file with role `meta` (or `items`), read in manifest order, each by the reader its `format` names in
-`stages.sources.formats` (REVIEW_READERS / META_READERS; a manifest without formats means the Amazon
+`stages.sources.formats` (its source's declared readers; a manifest without formats means the Amazon
 2014 ones). Pre-split sources (`source: mmrec` / `lattice`) are read by `stages.sources.presplit` and
 keep their published split: no k-core, no re-splitting.
 
@@ -194,7 +194,7 @@ def run(dataset: str, params: dict[str, Any], raw: Path = RAW, processed: Path =
 def _run(dataset: str, cfg: IngestConfig, raw_dir: Path, ds: DatasetDir) -> dict:
     start = time.perf_counter()
     manifest = read_json(raw_dir / MANIFEST)
-    if manifest.get("source") in presplit.SOURCES:
+    if presplit.is_presplit(manifest.get("source")):
         return run_presplit(ds, manifest, raw_dir)
     rows = read_rows(find_files(manifest, REVIEW_ROLES, raw_dir))
     timings = {"read": time.perf_counter() - start}

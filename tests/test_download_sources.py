@@ -17,9 +17,11 @@ from PIL import Image
 from mmpipe import lmdb_store
 from mmpipe.io import read_json, sha256_file
 from stages import download, images, ingest
+from stages.common import datasets
 from stages.common.params import ParamsError
-from stages.sources import catalog
+from stages.sources import catalog, formats, presplit
 from stages.sources.http import DownloadError
+from stages.sources.reading import META_ROLES, REVIEW_ROLES
 
 
 def jpeg(color: tuple[int, int, int]) -> bytes:
@@ -117,6 +119,36 @@ def test_catalog_urls_follow_each_release():
     assert specs["reviews"].url.endswith("/amazon_v2/categoryFilesSmall/Sports_and_Outdoors_5.json.gz")
     with pytest.raises(ParamsError, match="'Babies' has no per-category file in amazon2014"):
         catalog.file_specs("amazon2014", {"category": "Babies"})
+
+
+def test_every_declared_source_is_found_by_name_and_reads_its_own_formats():
+    """Each `Source` in catalog.SOURCES is the whole of its source: the params check takes its keys, its
+    files' review and meta formats are read by readers it declares, or ingest keeps its published split."""
+    block = {"category": "Baby", "name": "baby", "urls": {"reviews": "https://example.org/r"}}
+    assert {"demo", "local", "amazon2014", "amazon2018", "amazon2023", "bilibili", "mmrec", "lattice"} <= set(
+        catalog.SOURCES
+    )
+    for name, source in catalog.SOURCES.items():
+        assert catalog.source(name) is source and source.name == name
+        assert datasets.source_keys(name) == (*datasets.COMMON, *source.keys)
+        if source.files is None:
+            assert name not in catalog.file_sources()
+            continue
+        specs = catalog.file_specs(name, block)
+        roles = {spec.role: spec.format for spec in specs}
+        if source.presplit is not None:
+            assert presplit.is_presplit(name) and not set(roles.values()) & set(formats.review_readers()), name
+            continue
+        review = [fmt for role, fmt in roles.items() if role in REVIEW_ROLES]
+        meta = [fmt for role, fmt in roles.items() if role in META_ROLES]
+        assert len(review) == len(meta) == 1, (name, roles)
+        assert review[0] in source.review_readers and meta[0] in source.meta_readers, (name, roles)
+        assert formats.review_readers()[review[0]] is source.review_readers[review[0]]
+        assert not source.no_direct_link or all(spec.url is None for spec in specs), name
+    with pytest.raises(ParamsError, match="source 'amazon1999' is not in the catalog"):
+        catalog.source("amazon1999")
+    with pytest.raises(ParamsError, match="source 'demo' has no files of its own"):
+        catalog.file_specs("demo", {})
 
 
 def test_download_fetches_files_then_images_stage_fetches_kcore_items(tmp_path, params, server):

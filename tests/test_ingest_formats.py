@@ -14,11 +14,12 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from stages import ingest
+from stages import download, ingest
 from stages.common import interactions
 from stages.common.params import ParamsError
-from stages.sources import amazon, formats, line_parser, records, splits
+from stages.sources import amazon, catalog, formats, line_parser, records, splits
 from stages.sources.malformed import Malformed
+from stages.sources.source import FILE_KEYS, FileSpec, Source
 from tests.conftest import deduplicate_frame, k_core_frame
 
 # ------------------------------------------------------------------------------------------------ helpers
@@ -32,7 +33,7 @@ def write(path: Path, lines: list[str] | bytes, gz: bool = False) -> Path:
 
 def reviews_of(path: Path, fmt: str = "amazon2014-reviews") -> tuple[list[tuple], Malformed, int]:
     bad = Malformed(path.name)
-    cols = records.as_review_columns(formats.REVIEW_READERS[fmt](path, bad))
+    cols = records.as_review_columns(formats.review_readers()[fmt](path, bad))
     rows = list(
         zip(
             cols.user_id.to_pylist(),
@@ -47,7 +48,7 @@ def reviews_of(path: Path, fmt: str = "amazon2014-reviews") -> tuple[list[tuple]
 
 def meta_of(path: Path, fmt: str, wanted: set[str] | None = None) -> tuple[list[dict], Malformed]:
     bad = Malformed(path.name)
-    return list(formats.META_READERS[fmt](path, bad, wanted)), bad
+    return list(formats.meta_readers()[fmt](path, bad, wanted)), bad
 
 
 def r14(user: str, item: str, t: int, rating: float = 5.0, **extra) -> str:
@@ -442,8 +443,9 @@ def test_unknown_split_method_and_format_are_clear_errors(tmp_path, params):
         ingest.run("x", params, raw_root, tmp_path / "out")
 
 
-def test_registered_reader_returning_a_dataframe(tmp_path, params, monkeypatch):
-    """The registry hook: a reader of another format (like bilibili's) may return a DataFrame."""
+def test_a_new_source_is_one_declaration(tmp_path, params, monkeypatch):
+    """A source declared once (its keys, its files, its readers) goes through the params check, download
+    from a local folder and ingest, found by name; its interactions reader may return a DataFrame."""
 
     def read_tsv(path: Path, bad: Malformed) -> pd.DataFrame:
         rows = []
@@ -462,20 +464,33 @@ def test_registered_reader_returning_a_dataframe(tmp_path, params, monkeypatch):
                 yield {"item_id": item, "title": title}
         return 99
 
-    monkeypatch.setitem(formats.REVIEW_READERS, "test-seq", read_tsv)
-    monkeypatch.setitem(formats.META_READERS, "test-titles", read_titles)
-    raw = tmp_path / "raw/x"
-    raw.mkdir(parents=True)
-    (raw / "seq.tsv").write_text(
+    def toy_files(cfg) -> list[FileSpec]:
+        interactions = FileSpec("interactions", "seq.tsv", "test-seq", None)
+        return [interactions, FileSpec("items", "titles.tsv", "test-titles", None)]
+
+    toy = Source(
+        "toyseq", keys=(*FILE_KEYS, "name"), files=toy_files,
+        review_readers={"test-seq": read_tsv}, meta_readers={"test-titles": read_titles}, no_direct_link="toy data",
+    )  # fmt: skip
+    monkeypatch.setitem(catalog.SOURCES, "toyseq", toy)
+    folder = tmp_path / "hand"
+    folder.mkdir()
+    (folder / "seq.tsv").write_text(
         "".join(f"u{u}\t" + " ".join(f"v{i}" for i in range(5)) + "\n" for u in range(5)) + "bad\n"
     )
-    (raw / "titles.tsv").write_text("".join(f"v{i}\tVideo {i}\n" for i in range(5)))
-    files = [{"role": "interactions", "path": "seq.tsv", "format": "test-seq"},
-             {"role": "items", "path": "titles.tsv", "format": "test-titles"}]  # fmt: skip
-    (raw / "MANIFEST.json").write_text(json.dumps({"files": files}))
+    (folder / "titles.tsv").write_text("".join(f"v{i}\tVideo {i}\n" for i in range(5)))
+    params["datasets"]["x"] = {"source": "toyseq", "name": "x", "category": "Baby"}
+    with pytest.raises(ParamsError, match="category do not apply to source 'toyseq'.*its keys: source, published"):
+        download.run("x", params, tmp_path / "raw")
+    params["datasets"]["x"] = {"source": "toyseq", "path": str(folder)}
+    manifest = download.run("x", params, tmp_path / "raw")
+    assert manifest["source"] == "toyseq" and [f["format"] for f in manifest["files"]] == ["test-seq", "test-titles"]
     stats = ingest.run("x", params, tmp_path / "raw", tmp_path / "out")
     assert stats["interactions"] == 25 and stats["malformed"]["reviews"]["count"] == 1
     assert stats["rows_read"]["meta_lines"] == 99 and stats["items_missing"]["title"] == 0
+    params["datasets"]["x"] = {"source": "toyseq"}  # no folder, and the source has no URL: say why
+    with pytest.raises(ParamsError, match=r"no URL for its interactions file seq.tsv \(toy data\)"):
+        download.run("x", params, tmp_path / "raw2")
 
 
 def test_presplit_sources_are_handed_to_presplit(tmp_path, params, monkeypatch):

@@ -12,33 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from mmpipe.config import Config, ParamsError, param
+from stages.sources.catalog import SOURCES, file_sources
 
-# Sources whose raw files the catalog knows (stages/sources/catalog.py), plus the generated demo and
-# `local` (files already on disk, in the format `format:` names).
-CATALOG_SOURCES = ("amazon2014", "amazon2018", "amazon2023", "bilibili", "mmrec", "lattice")
-SOURCES = ("demo", "local", *CATALOG_SOURCES)
+COMMON = ("source", "published", "images")  # what every dataset block may hold; the rest is its source's
 
-COMMON = ("source", "published", "images")
-FILES = ("path", "files", "urls", "sha256", "images_dir")
-SOURCE_KEYS: dict[str, tuple[str, ...]] = {
-    "demo": (
-        *COMMON,
-        "seed",
-        "n_users",
-        "n_items",
-        "mean_interactions",
-        "popularity_sigma",
-        "preference_strength",
-        "categories",
-    ),
-    "amazon2014": (*COMMON, *FILES, "category", "image_features"),
-    "amazon2018": (*COMMON, *FILES, "category"),
-    "amazon2023": (*COMMON, *FILES, "category"),
-    "bilibili": (*COMMON, *FILES, "name"),
-    "mmrec": (*COMMON, *FILES, "name"),
-    "lattice": (*COMMON, *FILES, "name"),
-    "local": (*COMMON, *FILES, "format", "category", "name", "image_features"),
-}
+
+def source_keys(source: str) -> tuple[str, ...]:
+    """The keys a `datasets.<ds>` block of this source may hold (its declaration's, looked up at call time)."""
+    return (*COMMON, *SOURCES[source].keys)
 
 
 @dataclass(frozen=True)
@@ -70,24 +51,24 @@ class DatasetConfig(Config):
     @classmethod
     def parse(cls, block: Any, where: str) -> DatasetConfig:
         source = block.get("source") if isinstance(block, Mapping) else None
-        if source not in SOURCE_KEYS:
+        if source not in SOURCES:
             raise ParamsError(
                 f"params.yaml: {where}.source = {source!r} is not supported; supported: {', '.join(SOURCES)}"
             )
-        extra = sorted(set(block) - set(SOURCE_KEYS[source]))
+        extra = sorted(set(block) - set(source_keys(source)))
         if extra:
             raise ParamsError(
                 f"params.yaml: {where}: key{'s' if len(extra) > 1 else ''} {', '.join(extra)} do not apply to source "
-                f"{source!r} (its keys: {', '.join(SOURCE_KEYS[source])})"
+                f"{source!r} (its keys: {', '.join(source_keys(source))})"
             )
         return super().parse(block, where)
 
     def check(self, where: str) -> None:
         if self.source == "local":
-            if self.format not in CATALOG_SOURCES:
+            if self.format not in file_sources():
                 raise ParamsError(
                     f"params.yaml: {where}.format = {self.format!r}: a local dataset names the format of its files, "
-                    f"one of {', '.join(CATALOG_SOURCES)}"
+                    f"one of {', '.join(file_sources())}"
                 )
             if not self.path:
                 raise ParamsError(f"params.yaml: {where}.path (the folder holding the files) is required for local")

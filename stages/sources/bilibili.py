@@ -45,7 +45,7 @@ import gzip
 import io
 import pickle
 import re
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +55,7 @@ import pandas as pd
 from mmpipe.io import write_bytes
 from mmpipe.log import get_logger
 from stages.sources.malformed import Malformed
+from stages.sources.source import FILE_KEYS, FileSpec, Source
 
 log = get_logger("ingest")
 
@@ -64,6 +65,7 @@ LMDB_FILE = "bilibili_{name}_items_images.lmdb"
 INTERACTIONS_FORMAT = "bilibili-users"  # manifest format names for the ingest registry
 ITEMS_FORMAT = "bilibili-texts"
 COVERS_FORMAT = "pmmrec-image-lmdb"
+DEFAULT_NAME = "bili_food"  # datasets.<ds>.name when a bilibili block gives none
 
 
 def pmmrec_files(dataset: str) -> dict[str, str]:
@@ -251,3 +253,22 @@ def extract_lmdb_covers(lmdb_path: Path, item_ids: Iterable[str], out_dir: Path)
         lmdb_path.name, counts["written"], out_dir, counts["missing"], counts["corrupt"],
     )  # fmt: skip
     return counts
+
+
+def bilibili_files(cfg: Mapping[str, Any]) -> list[FileSpec]:
+    """PMMRec's layout: `name: bili_food` -> bilibili_food_users.tsv, bilibili_food_items_texts.tsv."""
+    names = pmmrec_files(cfg.get("name") or DEFAULT_NAME)
+    return [
+        FileSpec("interactions", names["interactions"], INTERACTIONS_FORMAT, None),
+        FileSpec("items", names["items"], ITEMS_FORMAT, None),
+    ]
+
+
+BILIBILI = Source(
+    "bilibili",
+    keys=(*FILE_KEYS, "name"),
+    files=bilibili_files,
+    review_readers={INTERACTIONS_FORMAT: read_interactions},  # user -> item sequence lines
+    meta_readers={ITEMS_FORMAT: iter_items},  # item -> title lines
+    no_direct_link="PMMRec's Bilibili data is shared through cloud drives, not direct links",
+)

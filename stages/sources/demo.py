@@ -24,6 +24,8 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw
 
+from stages.sources.source import Source
+
 REVIEWS_FILE = "reviews_Demo_5.json.gz"
 META_FILE = "meta_Demo.json.gz"
 IMAGES_DIR = "images"
@@ -410,3 +412,10 @@ def _write_gzip_lines(path: Path, lines: list[str]) -> None:
     with open(path, "wb") as raw, gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) as gz:
         for line in lines:
             gz.write(line.encode("utf-8") + b"\n")
+
+
+# generated offline by the download stage (no files to fetch); its params are the generator's
+DEMO = Source(
+    "demo",
+    keys=("seed", "n_users", "n_items", "mean_interactions", "popularity_sigma", "preference_strength", "categories"),
+)

@@ -1,15 +1,17 @@
-"""Readers of the raw review and item-metadata formats, one registry keyed by MANIFEST.json's `format`.
+"""Readers of the raw review and item-metadata formats, found by MANIFEST.json's `format`.
 
-Contract (what `stages.ingest` calls; a new format registers one function in each dict it supports):
+Each source declares the readers of its formats (`Source.review_readers` / `meta_readers`,
+stages/sources/source.py); `review_readers()` and `meta_readers()` gather them from `catalog.SOURCES`.
+Contract (what `stages.ingest` calls):
 
-* ``REVIEW_READERS[format](path: Path, bad: Malformed) -> ReviewColumns``
+* ``review_readers()[format](path: Path, bad: Malformed) -> ReviewColumns``
   reads one whole interactions file. ``ReviewColumns`` holds one row per valid review, column-wise:
   ``user_id`` and ``item_id`` (pyarrow string arrays, or dictionary<int32, string> arrays, chunked or
   not), ``rating`` (numpy float32), ``timestamp`` (numpy int64, seconds) and ``lines`` (physical lines
   read, blank ones included); a pandas DataFrame with those four columns is accepted too
   (``as_review_columns`` converts it; its ``attrs["lines"]`` gives the line count, else the row count
   stands in). Ids must not be null.
-* ``META_READERS[format](path: Path, bad: Malformed, wanted: set[str] | None) -> Iterator[dict]``
+* ``meta_readers()[format](path: Path, bad: Malformed, wanted: set[str] | None) -> Iterator[dict]``
   yields item records ``{"item_id", "title", "description", "brand", "categories", "image_url"}``
   (``categories`` a list of str or None; every other value a str or None), only for the ids in
   ``wanted`` when it is given (an item may be yielded twice: ingest keeps the first). The generator
@@ -71,29 +73,19 @@ translated to JSON by string operations (``literal_to_json``: exact where it ans
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
-from pathlib import Path
-from typing import Any
+from stages.sources.catalog import SOURCES
+from stages.sources.source import MetaReader, ReviewReader
 
-from stages.sources import amazon, bilibili
-from stages.sources.malformed import Malformed
-from stages.sources.meta_lines import _meta_reader
-from stages.sources.records import ReviewColumns, _reviews_reader
 
-ReviewReader = Callable[[Path, Malformed], ReviewColumns]
-MetaReader = Callable[[Path, Malformed, set[str] | None], Iterator[dict[str, Any]]]
+def review_readers() -> dict[str, ReviewReader]:
+    """Format -> reader of an interactions file, over every declared source (looked up at call time)."""
+    return {fmt: reader for source in SOURCES.values() for fmt, reader in source.review_readers.items()}
 
-REVIEW_READERS: dict[str, ReviewReader] = {
-    "amazon2014-reviews": _reviews_reader(amazon.AMAZON2014_REVIEWS),
-    "amazon2018-reviews": _reviews_reader(amazon.AMAZON2018_REVIEWS),
-    "amazon2023-reviews": _reviews_reader(amazon.AMAZON2023_REVIEWS),
-    bilibili.INTERACTIONS_FORMAT: bilibili.read_interactions,  # PMMRec's user -> item sequence lines
-}
-META_READERS: dict[str, MetaReader] = {
-    "amazon2014-meta": _meta_reader(amazon.AMAZON2014_META),
-    "amazon2018-meta": _meta_reader(amazon.AMAZON2018_META),
-    "amazon2023-meta": _meta_reader(amazon.AMAZON2023_META),
-    bilibili.ITEMS_FORMAT: bilibili.iter_items,  # PMMRec's item -> title lines
-}
+
+def meta_readers() -> dict[str, MetaReader]:
+    """Format -> reader of an item-records file, over every declared source."""
+    return {fmt: reader for source in SOURCES.values() for fmt, reader in source.meta_readers.items()}
+
+
 # Manifests written before formats were recorded: the role decides (the demo's and old tests' files).
 DEFAULT_FORMATS = {"reviews": "amazon2014-reviews", "meta": "amazon2014-meta"}

@@ -6,6 +6,7 @@ in several splits keeps the earliest split (train, then valid, then test).
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -13,9 +14,10 @@ import numpy as np
 import pandas as pd
 
 from mmpipe.io import read_json
-from mmpipe.paths import MANIFEST
+from mmpipe.paths import MANIFEST, feature_file
 from stages.sources.indexed import Read, _index, _path
 from stages.sources.malformed import Malformed
+from stages.sources.source import FILE_KEYS, FileSpec, Source
 
 SPLIT_ROLES = ("train", "valid", "test")  # lattice roles, in the order that wins for an item in several splits
 
@@ -82,3 +84,25 @@ def read(manifest: dict[str, Any], raw_dir: Path) -> Read:
         duplicates={"repeated_in_split": int(n0 - n1), "in_several_splits_kept_earliest": int(n1 - len(frame))},
         notes=["LATTICE split files have no timestamps or ratings: timestamp = 0, rating = 1.0"],
     )
+
+
+def lattice_files(cfg: Mapping[str, Any]) -> list[FileSpec]:
+    """LATTICE's and MICRO's layout: the 5-core split as JSON, id maps and feature matrices."""
+    return [
+        FileSpec("train", "5-core/train.json", "lattice-split", None),
+        FileSpec("valid", "5-core/val.json", "lattice-split", None),
+        FileSpec("test", "5-core/test.json", "lattice-split", None),
+        FileSpec("user_map", "user2id.json", "lattice-map", None, optional=True),
+        FileSpec("item_map", "item2id.json", "lattice-map", None, optional=True),
+        FileSpec("image_feat", feature_file("image"), "npy", None, optional=True),
+        FileSpec("text_feat", feature_file("text"), "npy", None, optional=True),
+    ]
+
+
+LATTICE = Source(
+    "lattice",
+    keys=(*FILE_KEYS, "name"),
+    files=lattice_files,
+    presplit=read,
+    no_direct_link="LATTICE/MICRO processed datasets are made by their build scripts or shared through cloud drives",
+)

@@ -6,15 +6,18 @@ The split (x_label: 0 train, 1 valid, 2 test) and the indices are kept as publis
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from mmpipe.paths import MANIFEST
+from mmpipe.config import ParamsError
+from mmpipe.paths import MANIFEST, MMREC_ITEM_MAP, MMREC_USER_MAP, feature_file
 from stages.sources.indexed import Read, _lines, _path
 from stages.sources.malformed import Malformed
+from stages.sources.source import FILE_KEYS, FileSpec, Source
 
 MMREC_REQUIRED = ("userID", "itemID", "x_label")
 
@@ -110,3 +113,26 @@ def read(manifest: dict[str, Any], raw_dir: Path) -> Read:
         duplicates={"repeated_pairs_kept_first": int(n0 - len(frame))},
         notes=notes,
     )
+
+
+def mmrec_files(cfg: Mapping[str, Any]) -> list[FileSpec]:
+    """`name: baby` -> baby.inter, and the optional id maps and feature matrices beside it."""
+    name = cfg.get("name")
+    if not name:
+        raise ParamsError("params.yaml: datasets.<ds>.name (the MMRec dataset name, e.g. baby) is required")
+    return [
+        FileSpec("interactions", f"{name}.inter", "mmrec-inter", None),
+        FileSpec("user_map", MMREC_USER_MAP, "mmrec-map", None, optional=True),
+        FileSpec("item_map", MMREC_ITEM_MAP, "mmrec-map", None, optional=True),
+        FileSpec("image_feat", feature_file("image"), "npy", None, optional=True),
+        FileSpec("text_feat", feature_file("text"), "npy", None, optional=True),
+    ]
+
+
+MMREC = Source(
+    "mmrec",
+    keys=(*FILE_KEYS, "name"),
+    files=mmrec_files,
+    presplit=read,
+    no_direct_link="MMRec's processed datasets are shared through Google Drive, not direct links",
+)

@@ -38,15 +38,21 @@ import pyarrow as pa
 from mmpipe import schemas
 from mmpipe.log import get_logger
 from mmpipe.paths import MANIFEST
-from stages.sources import lattice, mmrec
+from stages.sources.catalog import SOURCES
 from stages.sources.indexed import MAX_LISTED, Read, _check_range, _maps, _path
 
 log = get_logger("ingest")
 
-# One reader per pre-split source (a new source adds its module and one entry here).
-READERS = {"mmrec": mmrec.read, "lattice": lattice.read}
-SOURCES = tuple(READERS)
-__all__ = ["READERS", "SOURCES", "Read", "load", "precomputed_features"]
+__all__ = ["is_presplit", "Read", "load", "precomputed_features"]
+
+
+def readers() -> dict[str, Any]:
+    """Source -> the reader of a dataset published with its split (its declaration's `presplit`)."""
+    return {name: source.presplit for name, source in SOURCES.items() if source.presplit is not None}
+
+
+def is_presplit(source: str | None) -> bool:
+    return source in readers()
 
 
 def _unused(n: int, used: np.ndarray) -> list[int]:
@@ -58,15 +64,15 @@ def _unused(n: int, used: np.ndarray) -> list[int]:
 def load(manifest: dict[str, Any], raw_dir: Path) -> tuple[pd.DataFrame, pa.Table, pa.Table, dict[str, Any]]:
     """Read a presplit dataset: (interactions, items table, users table, stats), indices and split as given."""
     source = manifest.get("source")
-    if source not in READERS:
-        raise ValueError(f"{raw_dir / MANIFEST}: source {source!r} is not a presplit source {tuple(READERS)}")
+    if not is_presplit(source):
+        raise ValueError(f"{raw_dir / MANIFEST}: source {source!r} is not a presplit source {tuple(readers())}")
     user_map, item_map = _maps(manifest, raw_dir)
     malformed: dict[str, Any] = {}
     notes: list[str] = [
         "indices and split kept as published (no k-core filtering, no reindexing, no re-splitting)",
     ]
 
-    read = READERS[source](manifest, raw_dir)
+    read = readers()[source](manifest, raw_dir)
     frame, where, rows_read, malformed, duplicates = (
         read.frame,
         read.where,

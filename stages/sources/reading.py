@@ -1,7 +1,7 @@
 """Read a dataset's raw files as its MANIFEST.json lists them: reviews, meta, and the features it ships.
 
 The ingest stage's input side. Each file is read by the reader its `format` names in `formats.py`
-(REVIEW_READERS / META_READERS); reviews become integer codes over one dictionary of ids per column (the
+(its source's declared readers); reviews become integer codes over one dictionary of ids per column (the
 steps after reading never touch Python strings per row); meta is read only for the items kept.
 """
 
@@ -96,7 +96,7 @@ def read_all_reviews(files: list[tuple[Path, str]]) -> tuple[dict[str, Any], lis
     bads: list[Malformed] = []
     summaries: list[dict[str, Any]] = []
     for path, fmt in files:
-        reader = _reader(formats.REVIEW_READERS, fmt, path, "reviews")
+        reader = _reader(formats.review_readers(), fmt, path, "reviews")
         bad = Malformed(path.name)
         start = time.perf_counter()
         cols = records.as_review_columns(reader(path, bad))
@@ -136,7 +136,7 @@ def read_all_meta(
     bads: list[Malformed] = []
     summaries: list[dict[str, Any]] = []
     for path, fmt in files:
-        reader = _reader(formats.META_READERS, fmt, path, "meta")
+        reader = _reader(formats.meta_readers(), fmt, path, "meta")
         bad = Malformed(path.name)
         start = time.perf_counter()
         yielded = 0
