@@ -46,7 +46,7 @@ def main(argv: list[str] | None = None) -> int:
         for k in range(args.seeds):
             params["seq"]["train"]["seed"] = base_seed + k
             with tempfile.TemporaryDirectory() as tmp:
-                summary = transfer.run(target, variant, params, ROOT / "processed", Path(tmp))
+                summary = transfer.run(target, "pmmrec", variant, params, ROOT / "processed", Path(tmp))
                 result = read_json(RunFiles(run_dir(target, "pmmrec", variant, runs=Path(tmp))).evaluation)
             hr.append(result["test"]["hr@10"])
             ndcg.append(result["test"]["ndcg@10"])

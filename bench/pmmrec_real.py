@@ -121,9 +121,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{'variant':8s} {'HR@10':>7s} {'NDCG@10':>8s} {'HR@20':>7s} {'NDCG@20':>8s} {'best ep':>7s} "
               f"{'s/epoch':>8s} {'tower items/s':>13s}")  # fmt: skip
         for variant in variants:
-            hp = sequential.model_hparams(params, overrides[variant])
+            hp = sequential.model_hparams(params, "pmmrec", overrides[variant])
             cfg = sequential.train_config(params, change, where="bench")
-            seqs, data, _ = sequential.load_dataset(ds, hp, cfg.max_seq_len, False)
+            seqs, data, _ = sequential.load_dataset(ds, "pmmrec", hp, cfg.max_seq_len, False)
             torch.manual_seed(cfg.seed)
             model = PMMRec(data, hp, cfg.max_seq_len)
             speed = tower_speed(model) if hp.item_tower != "id" else float("nan")

@@ -38,7 +38,7 @@ Total = sum of weight x loss. NICL needs both modalities: single-modality towers
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -46,32 +46,17 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmpipe.config import ParamsError, param
-from models.core.base import HParams, Recommender
+from models.core.base import HParams
+from models.seq.base import ItemEncoder, SeqData, SequentialRecommender
 from models.seq.data import PAD
 from models.seq.towers import ImageTower, TextTower
 from models.seq.user_encoder import UserEncoder
 
 NEG = -1e4  # masked logits (as the official code), finite so a fully masked row stays defined
-PARTS = ("item_encoder", "user_encoder")
 
 
-@dataclass
-class SeqData:
-    """What PMMRec reads: the catalogue's content, prepared once, and the items' training popularity."""
-
-    n_users: int
-    n_items: int
-    popularity: np.ndarray  # occurrences of each item (item_idx) in the training windows
-    text_ids: torch.Tensor | None = None  # [n_items, T]
-    text_mask: torch.Tensor | None = None
-    pixels: torch.Tensor | None = None  # [n_items, 3, S, S] uint8
-    text_encoder: nn.Module | None = None  # loaded by the stage (from_pretrained), frozen below the top
-    image_encoder: nn.Module | None = None
-
-
-class PMMRec(Recommender):
+class PMMRec(SequentialRecommender):
     name = "pmmrec"
-    reads = "seq"
     scores_cold_items = True  # from content: items need no training interaction
 
     @dataclass(frozen=True)
@@ -106,7 +91,7 @@ class PMMRec(Recommender):
                 )
 
     def __init__(self, data: SeqData, hp: PMMRec.HParams, max_seq_len: int) -> None:
-        super().__init__(data, hp)
+        super().__init__(data, hp, max_seq_len)
         dim = hp.embedding_size
         self.uses_text = hp.item_tower in ("modal", "text")
         self.uses_image = hp.item_tower in ("modal", "image")
@@ -136,7 +121,31 @@ class PMMRec(Recommender):
         self.nid_head = nn.Linear(dim, 1)
         log_p = np.log(np.maximum(data.popularity, 1) / max(1, int(data.popularity.sum())))
         self.register_buffer("log_popularity", torch.from_numpy(np.r_[0.0, log_p]).float(), persistent=False)
-        self.max_seq_len = max_seq_len
+
+    @classmethod
+    def item_tower(cls, hp: PMMRec.HParams) -> str:
+        return hp.item_tower
+
+    @classmethod
+    def item_encoders(cls, hp: PMMRec.HParams) -> list[ItemEncoder]:
+        """The text encoder of the `modal` and `text` towers, the CLIP vision tower of `modal` and `image`."""
+        used = []
+        if hp.item_tower in ("modal", "text"):
+            used.append(
+                ItemEncoder(
+                    "text", "text_model", hp.text_model, "text_trainable_layers", hp.text_trainable_layers,
+                    max_tokens=hp.max_tokens, template=hp.text_template,
+                )
+            )  # fmt: skip
+        if hp.item_tower in ("modal", "image"):
+            used.append(
+                ItemEncoder("image", "image_model", hp.image_model, "image_trainable_layers", hp.image_trainable_layers)
+            )
+        return used
+
+    def pretrained_encoders(self) -> list[nn.Module]:
+        towers = (getattr(self, "text", None), getattr(self, "image", None))
+        return [tower.encoder for tower in towers if tower is not None]
 
     # ------------------------------------------------------------------------------------------ items
 
@@ -291,35 +300,3 @@ class PMMRec(Recommender):
         return 0.5 * (F.cross_entropy(logits, labels) + F.cross_entropy(logits.T, labels))
 
     # ------------------------------------------------------------------------------------------ transfer
-
-    PRETRAIN_PARTS: ClassVar[tuple[str, ...]] = ("full", "item_encoder", "user_encoder")
-
-    def load_pretrained(self, state: dict[str, torch.Tensor], part: str) -> list[str]:
-        """Copy a pre-trained model's weights: all (`full`), the item encoder or the user encoder only.
-
-        Only tensors whose name and shape match are copied (a different item tower or catalogue keeps
-        its own); returns the names copied. Buffers of the catalogue (its texts, images, popularity) are
-        never transferred: they belong to the target.
-        """
-        if part not in self.PRETRAIN_PARTS:
-            raise ParamsError(f"pretrain_part {part!r}: expected one of {', '.join(self.PRETRAIN_PARTS)}")
-        wanted = PARTS if part == "full" else (part,)
-        names = {
-            f"{prefix}{name}"
-            for p in wanted
-            for module in self.parts()[p]
-            for prefix in [_prefix_of(self, module)]
-            for name in module.state_dict()
-        }
-        own = self.state_dict()
-        copied = [k for k, v in state.items() if k in names and k in own and own[k].shape == v.shape]
-        own.update({k: state[k] for k in copied})
-        self.load_state_dict(own)
-        return sorted(copied)
-
-
-def _prefix_of(root: nn.Module, module: nn.Module) -> str:
-    for name, candidate in root.named_modules():
-        if candidate is module:
-            return f"{name}." if name else ""
-    raise KeyError("module not in model")

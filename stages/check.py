@@ -191,11 +191,12 @@ def run(params: dict[str, Any], out: Path = OUT) -> Path:
         e2e = e2e_config(params)
         depths.append(("train.e2e.n_trainable_layers", e2e.n_trainable_layers, "train.e2e.model", e2e.model))
     seq_refs = set()
-    for hp, variant in sequential.check_params(cfg, params):
+    for model, hp, variant in sequential.check_params(cfg, params):
         where = f" (with seq.variants.{variant}.overrides)" if variant else ""
-        for tower, ref, n in sequential.encoders_used(hp):
-            depths.append((f"train.pmmrec.{tower}_trainable_layers{where}", n, f"train.pmmrec.{tower}_model", ref))
-            seq_refs.add(ref)
+        for enc in sequential.model_class(model).item_encoders(hp):
+            key = f"train.{model}"
+            depths.append((f"{key}.{enc.layers_key}{where}", enc.trainable_layers, f"{key}.{enc.key}", enc.ref))
+            seq_refs.add(enc.ref)
     check_encoder_depths(depths, params)
     check_demo_encoders(cfg, params, seq_refs)
     TrainRuntime.of(params)  # train.num_threads, train.device, train.processes: types and ranges

@@ -1,13 +1,15 @@
-"""Stage `pretrain`: pre-train PMMRec on the source datasets; its checkpoint is what `transfer` starts from.
+"""Stage `pretrain`: pre-train a sequential model (PMMRec) on the source datasets; its checkpoint is what
+`transfer` starts from.
 
-`python -m stages.pretrain --model pmmrec` trains on the sequences of every dataset of
-`pipeline.pretrain_sources` together, as one catalogue (each source's items after the previous
-source's; PMMRec's multi-domain pre-training), with `seq.train` changed by `seq.pretrain` and every
-loss of `train.pmmrec`, keeps the best epoch by the sources' validation metric, and writes
-`runs/pretrain/pmmrec/`: `model.pt` (state, hyperparameters, best epoch), `history.csv`, `train.json`.
-Before training it checks that each source's files still have the hashes its `pretrain_input` stage
-recorded (dvc.yaml tracks the sources through those records). Runs on one process, or under `torchrun
---nproc_per_node N -m stages.pretrain ...` with DistributedDataParallel; only rank 0 writes.
+`python -m stages.pretrain --model pmmrec` (any model of `pipeline.pretrain_models`: the sequential
+family, models/seq/base.py) trains on the sequences of every dataset of `pipeline.pretrain_sources`
+together, as one catalogue (each source's items after the previous source's; PMMRec's multi-domain
+pre-training), with `seq.train` changed by `seq.pretrain` and the model's `train.<model>` block, keeps the
+best epoch by the sources' validation metric, and writes `runs/pretrain/<model>/`: `model.pt` (state,
+hyperparameters, best epoch), `history.csv`, `train.json`. Before training it checks that each source's
+files still have the hashes its `pretrain_input` stage recorded (dvc.yaml tracks the sources through
+those records). Runs on one process, or under `torchrun --nproc_per_node N -m stages.pretrain ...` with
+DistributedDataParallel; only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -25,7 +27,6 @@ from mmpipe.io import read_json
 from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, RUNS, DatasetDir, pretrain_dir, pretrain_input
 from mmpipe.threads import use_threads
-from models.pmmrec import PMMRec
 from models.seq.data import sequence_input_hashes
 from models.seq.trainer import fit_sequential
 from stages.common import sequential
@@ -35,7 +36,7 @@ log = get_logger("pretrain")
 
 
 def param_keys(model: str) -> list[str]:
-    return [*sequential.common_keys(), "seq.pretrain", "pipeline.pretrain_sources"]
+    return [*sequential.common_keys(model), "seq.pretrain", "pipeline.pretrain_sources"]
 
 
 def sources(params: dict[str, Any]) -> tuple[str, ...]:
@@ -61,25 +62,24 @@ def check_inputs(source: str, processed: Path, runs: Path) -> None:
 
 
 def run(model: str, params: dict[str, Any], processed: Path = PROCESSED, runs: Path = RUNS) -> dict[str, Any]:
-    if model != sequential.MODEL:
-        raise ParamsError(f"params.yaml: pipeline.pretrain_models lists '{model}'; only {sequential.MODEL} pre-trains")
+    cls = sequential.model_class(model)
     start = time.perf_counter()
     params = declared(params, param_keys(model))
     names = sources(params)
     for source in names:
         check_inputs(source, processed, runs)
-    hp = sequential.model_hparams(params)
+    hp = sequential.model_hparams(params, model)
     cfg = sequential.train_config(params, (params.get("seq") or {}).get("pretrain"), where="seq.train (+ seq.pretrain)")
     device, threads, allow_download = sequential.runtime(params)
     use_threads(threads)
     rank, world = init_distributed(device)
     dirs = [DatasetDir.of(s, processed) for s in names]
-    seqs, data, info = sequential.load_datasets(dirs, hp, cfg.max_seq_len, allow_download)
+    seqs, data, info = sequential.load_datasets(dirs, model, hp, cfg.max_seq_len, allow_download)
     torch.manual_seed(cfg.seed)  # the same initial weights whatever ran before in this process
-    net = PMMRec(data, hp, cfg.max_seq_len).move_to(device)
+    net = cls(data, hp, cfg.max_seq_len).move_to(device)
     result = fit_sequential(net, seqs, cfg, log, progress=not progress_disabled(), num_threads=threads)
     summary = {"sources": list(names), "device": str(device), "processes": world, **info,
-               **sequential.encoder_params(net)}  # fmt: skip
+               **net.encoder_params()}  # fmt: skip
     summary["train_seconds"] = round(time.perf_counter() - start, 2)
     if rank == 0:
         sequential.write_run(pretrain_dir(model, runs), result, hp, cfg, summary)

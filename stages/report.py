@@ -248,17 +248,24 @@ def lmm4rec_section(dataset: str, recs: list[dict[str, Any]], features: dict[str
 
 
 def collect_sequential(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[dict[str, Any]]:
-    """The evaluation of every enabled PMMRec transfer run (target x variant) that exists."""
+    """The evaluation of every enabled transfer run (target x sequential model x variant) that exists,
+    with its model and per-user file."""
     out = []
     for target in cfg.transfer_targets:
-        for variant in cfg.transfer_variants:
-            path = RunFiles(run_dir(target, "pmmrec", variant, runs=runs_root)).evaluation
-            if path.is_file():
-                out.append(read_json(path))
+        for model in cfg.pretrain_models:
+            for variant in cfg.transfer_variants:
+                files = RunFiles(run_dir(target, model, variant, runs=runs_root))
+                if files.evaluation.is_file():
+                    out.append({**read_json(files.evaluation), "model": model, "per_user": files.per_user})
     return out
 
 
 SEQ_TABLE = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")  # PMMRec reports HR/NDCG@10
+
+
+def seq_label(rec: dict[str, Any]) -> str:
+    """A transfer run's row label when a table holds several sequential models."""
+    return f"{rec['model']} {rec['variant']}"
 
 
 def sequential_sections(cfg: pipeline.PipelineConfig, records: list[dict[str, Any]], runs_root: Path) -> list[str]:
@@ -268,9 +275,9 @@ def sequential_sections(cfg: pipeline.PipelineConfig, records: list[dict[str, An
         recs = [r for r in records if r["target"] == target]
         if not recs:
             continue
-        info = recs[0]
+        info, models = recs[0], list(dict.fromkeys(r["model"] for r in recs))
         md += [
-            f"## {target}: sequential (PMMRec, leave-one-out, full ranking)",
+            f"## {target}: sequential ({', '.join(models)}, leave-one-out, full ranking)",
             "",
             f"{info['users']} sequences ({info['users_dropped_short']} users with fewer than 3 items dropped), "
             f"{info['items']} items; the last item of each user is the test target, the one before the validation "
@@ -287,18 +294,16 @@ def sequential_sections(cfg: pipeline.PipelineConfig, records: list[dict[str, An
                     f"{pre['best_valid'].get('hr@10', float('nan')):.4f}), {pre['seconds_per_epoch']:.1f} s/epoch.",
                     "",
                 ]
-        per_user = {
-            r["variant"]: RunFiles(run_dir(target, "pmmrec", r["variant"], runs=runs_root)).per_user for r in recs
-        }
-        versus = versus_best(
-            [(r["variant"], r["test"].get(SEQ_TESTED_METRIC), per_user[r["variant"]]) for r in recs], SEQ_TESTED_METRIC
-        )
+        label = seq_label if len(models) > 1 else (lambda rec: rec["variant"])
+
+        runs = [(label(r), r["test"].get(SEQ_TESTED_METRIC), r["per_user"]) for r in recs]
+        versus = versus_best(runs, SEQ_TESTED_METRIC)
         header = ["variant", "item tower", "pre-trained part", *SEQ_TABLE, "valid hr@10", "best epoch", "s/epoch",
                   "encoder params trained"] + (["vs best"] if versus else [])  # fmt: skip
         rows = [
-            [r["variant"], r["item_tower"], r["pretrain_part"], *(f"{r['test'][m]:.4f}" for m in SEQ_TABLE),
+            [label(r), r["item_tower"], r["pretrain_part"], *(f"{r['test'][m]:.4f}" for m in SEQ_TABLE),
              f"{r['valid'].get('hr@10', float('nan')):.4f}", str(r["best_epoch"]), f"{r['seconds_per_epoch']:.2f}",
-             f"{r['encoder_params_trained']:,}"] + ([versus.get(r["variant"], "-")] if versus else [])
+             f"{r['encoder_params_trained']:,}"] + ([versus.get(label(r), "-")] if versus else [])
             for r in recs
         ]  # fmt: skip
         md += [markdown_table(rows, header), ""]
@@ -377,9 +382,11 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
     seq_columns = sorted(
         {k for r in sequential for k in r["test"]}, key=lambda k: (k.split("@")[0], int(k.split("@")[1]))
     )
-    writer = csv.DictWriter(seq_buf, fieldnames=["dataset", "variant", *seq_columns], lineterminator="\n")
+    writer = csv.DictWriter(seq_buf, fieldnames=["dataset", "model", "variant", *seq_columns], lineterminator="\n")
     writer.writeheader()
-    writer.writerows({"dataset": r["target"], "variant": r["variant"], **r["test"]} for r in sequential)
+    writer.writerows(
+        {"dataset": r["target"], "model": r["model"], "variant": r["variant"], **r["test"]} for r in sequential
+    )
     write_text(files.sequential_csv, seq_buf.getvalue())
     with atomic_dir(files.plots) as tmp:
         plots = plot_curves([r for r in records if r["group"] not in LMM_GROUPS], tmp, valid_metric)

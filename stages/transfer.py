@@ -1,12 +1,12 @@
-"""Stage `transfer`: fine-tune PMMRec (or its SASRec / single-modality variants) on a target dataset,
-starting from the pre-trained checkpoint or from scratch, and evaluate it on the target's test users.
+"""Stage `transfer`: fine-tune a sequential model (PMMRec, or its SASRec / single-modality variants) on a
+target dataset, starting from its pre-trained checkpoint or from scratch, and evaluate it on the
+target's test users.
 
-`python -m stages.transfer --target <ds> --variant <v>`; the variant
-(`seq.variants.<v>`) sets `pretrain_part` (none: from scratch; full, item_encoder, user_encoder:
-PMMRec's three ways to transfer from `runs/pretrain/pmmrec/model.pt`, loading only tensors whose name
-and shape match), `overrides` of
-`train.pmmrec` (e.g. item_tower: id for SASRec, text or image for the single-modality settings) and
-`train` changes to `seq.train`. Writes `runs/<target>/pmmrec/<variant>/`: `model.pt`, `history.csv`,
+`python -m stages.transfer --target <ds> --model <m> --variant <v>`; the variant (`seq.variants.<v>`)
+sets `pretrain_part` (none: from scratch; full, item_encoder, user_encoder: PMMRec's three ways to
+transfer from `runs/pretrain/<m>/model.pt`, loading only tensors whose name and shape match),
+`overrides` of `train.<m>` (e.g. item_tower: id for SASRec, text or image for the single-modality
+settings) and `train` changes to `seq.train`. Writes `runs/<target>/<m>/<variant>/`: `model.pt`, `history.csv`,
 `train.json`, `evaluation.json` (HR and NDCG at every K, valid and test), `metrics.json` (the headline:
 HR@10 and NDCG@10, test and best validation), `topk.parquet` and `per_user.parquet` (each test user's
 HR and NDCG, for the report's paired tests).
@@ -29,7 +29,6 @@ from mmpipe.log import get_logger, progress_disabled
 from mmpipe.paths import PROCESSED, RUNS, DatasetDir, RunFiles, pretrain_dir, run_dir
 from mmpipe.threads import use_threads
 from models.core.evaluator import per_user_metrics
-from models.pmmrec import PMMRec
 from models.seq.trainer import fit_sequential, rank_users
 from stages.common import sequential
 from stages.common.params import declared, run_stage
@@ -39,52 +38,54 @@ log = get_logger("transfer")
 HEADLINE = ("hr@10", "ndcg@10")  # PMMRec's metrics
 
 
-def param_keys(target: str, variant: str) -> list[str]:
-    return [*sequential.common_keys(), f"seq.variants.{variant}"]
+def param_keys(target: str, model: str, variant: str) -> list[str]:
+    return [*sequential.common_keys(model), f"seq.variants.{variant}"]
 
 
 def run(
-    target: str, variant: str, params: dict[str, Any], processed: Path = PROCESSED, runs: Path = RUNS
+    target: str, model: str, variant: str, params: dict[str, Any], processed: Path = PROCESSED, runs: Path = RUNS
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    params = declared(params, param_keys(target, variant))
+    cls = sequential.model_class(model, "pipeline.pretrain_models (transferred)")
+    params = declared(params, param_keys(target, model, variant))
     spec = sequential.read_variant(params, variant)
-    hp = sequential.model_hparams(params, spec.overrides)
+    hp = sequential.model_hparams(params, model, spec.overrides)
     cfg = sequential.train_config(params, spec.train, where=f"seq.train (+ seq.variants.{variant}.train)")
     device, threads, allow_download = sequential.runtime(params)
     use_threads(threads)
     rank, world = init_distributed(device)
-    seqs, data, info = sequential.load_dataset(DatasetDir.of(target, processed), hp, cfg.max_seq_len, allow_download)
+    ds = DatasetDir.of(target, processed)
+    seqs, data, info = sequential.load_dataset(ds, model, hp, cfg.max_seq_len, allow_download)
     torch.manual_seed(cfg.seed)  # the same initial weights whatever ran before in this process
-    model = PMMRec(data, hp, cfg.max_seq_len)
+    net = cls(data, hp, cfg.max_seq_len)
     copied: list[str] = []
     sources = None
     if spec.pretrain_part != "none":
-        path = RunFiles(pretrain_dir(sequential.MODEL, runs)).checkpoint
+        path = RunFiles(pretrain_dir(model, runs)).checkpoint
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no pre-trained PMMRec (run the pretrain stage first)")
+            raise FileNotFoundError(f"{path}: no pre-trained {model} (run the pretrain stage first)")
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
         sources = checkpoint.get("sources")
-        copied = model.load_pretrained(checkpoint["state_dict"], spec.pretrain_part)
-    model.move_to(device)
-    result = fit_sequential(model, seqs, cfg, log, progress=not progress_disabled(), num_threads=threads)
-    model.load_state_dict(result.best_state)
-    test, ranking = rank_users(model, seqs, "test", sorted(set(cfg.ks)), cfg.eval_batch_users)
+        copied = net.load_pretrained(checkpoint["state_dict"], spec.pretrain_part)
+    net.move_to(device)
+    result = fit_sequential(net, seqs, cfg, log, progress=not progress_disabled(), num_threads=threads)
+    net.load_state_dict(result.best_state)
+    test, ranking = rank_users(net, seqs, "test", sorted(set(cfg.ks)), cfg.eval_batch_users)
     summary = {
         "target": target,
         "variant": variant,
         "sources": sources,
         "pretrain_part": spec.pretrain_part,
-        "item_tower": hp.item_tower,
+        "item_tower": cls.item_tower(hp),
         "tensors_transferred": len(copied),
         "device": str(device),
         "processes": world,
         **info,
-        **sequential.encoder_params(model),
+        **net.encoder_params(),
     }
     summary["train_seconds"] = round(time.perf_counter() - start, 2)
     if rank == 0:
-        out = run_dir(target, sequential.MODEL, variant, runs=runs)
+        out = run_dir(target, model, variant, runs=runs)
         files = RunFiles(out)
         sequential.write_run(out, result, hp, cfg, summary)
         evaluation = {**summary, "test": {k: round(v, 6) for k, v in test.items()}, "valid": summary["best_valid"]}
@@ -119,7 +120,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(__doc__, run, ("target", "variant"), argv, param_keys=param_keys)
+    return run_stage(__doc__, run, ("target", "model", "variant"), argv, param_keys=param_keys)
 
 
 if __name__ == "__main__":

@@ -122,12 +122,14 @@ def compress(files: set[Path]) -> list[str]:
 
 
 MODEL_STAGES = ("train", "evaluate")
+SEQ_STAGES = ("pretrain", "transfer")  # run one sequential model, named by `--model` (models/<model>.py)
 MODEL_CORE = ROOT / "models" / "core"
 ALL_MODELS_STAGES = ("check",)  # imports every listed model file to validate its params block
 
 
 def stage_code(stage_module: str, model: str | None = None) -> list[str]:
-    """The code deps of `python -m stages.<stage_module>`; for train/evaluate, of running `model` there."""
+    """The code deps of `python -m stages.<stage_module>`; for train/evaluate/pretrain/transfer, of running
+    `model` there."""
     files = closure(f"stages.{stage_module}")
     if stage_module in ALL_MODELS_STAGES:  # the whole models/ folder: a new model file re-runs it, no dvc.yaml edit
         model_files = [p for p in (ROOT / "models").rglob("*.py") if p.name != "__init__.py" or has_code(p)]
@@ -137,6 +139,8 @@ def stage_code(stage_module: str, model: str | None = None) -> list[str]:
         files |= closure(*(".".join(p.relative_to(ROOT).with_suffix("").parts) for p in core))
         if model:
             files |= closure(f"models.{model}")
+    if stage_module in SEQ_STAGES and model:
+        files |= closure(f"models.{model}")
     return compress(files)
 
 

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 import pyarrow as pa
@@ -15,9 +16,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 import yaml
+from torch import nn
 
+from mmpipe.config import ParamsError, param
 from mmpipe.paths import DatasetDir
+from models.core.base import HParams
+from models.core.registry import MODELS
 from models.pmmrec import NEG, PAD, PMMRec
+from models.seq.base import SequentialRecommender
+from models.seq.data import PAD as SEQ_PAD
 from models.seq.data import build_sequences, concat_sequences, training_batch
 from stages import ingest, pretrain, pretrain_input, transfer
 from stages.common import sequential
@@ -51,9 +58,9 @@ def seq_project(tmp_path_factory, demo_project):
 
 def build(seq_project, **overrides):
     root, params = seq_project
-    hp = sequential.model_hparams(params, overrides)
+    hp = sequential.model_hparams(params, "pmmrec", overrides)
     cfg = sequential.train_config(params, where="seq.train")
-    seqs, data, _ = sequential.load_dataset(DatasetDir(root / "processed/demo"), hp, cfg.max_seq_len, False)
+    seqs, data, _ = sequential.load_dataset(DatasetDir(root / "processed/demo"), "pmmrec", hp, cfg.max_seq_len, False)
     torch.manual_seed(0)
     return PMMRec(data, hp, cfg.max_seq_len), seqs, cfg
 
@@ -243,7 +250,7 @@ def test_pretrain_then_transfer_stages(seq_project, tmp_path):
     assert summary["encoder_params_trained"] > 0 and summary["encoder_params_frozen"] > 0
     assert torch.load(runs / "pretrain/pmmrec/model.pt", weights_only=True)["sources"] == ["demo"]
     for variant in ("scratch", "full", "sasrec"):
-        result = transfer.run("demo", variant, params, root / "processed", runs)
+        result = transfer.run("demo", "pmmrec", variant, params, root / "processed", runs)
         evaluation = json.loads((runs / f"demo/pmmrec/{variant}/evaluation.json").read_text())
         assert evaluation["test"]["hr@50"] >= evaluation["test"]["hr@10"]
         assert evaluation["test"]["hr@10"] > chance + 3 * sd, (variant, evaluation["test"]["hr@10"], chance, sd)
@@ -284,7 +291,7 @@ def test_pretraining_on_two_sources_and_a_changed_source_is_refused(seq_project,
     assert summary["items"] == 2 * one["items"] and summary["users"] == 2 * one["users"]
     checkpoint = torch.load(runs / "pretrain/pmmrec/model.pt", weights_only=True)
     assert checkpoint["sources"] == ["demo", "other"]
-    assert transfer.run("demo", "full", params, root / "processed", runs)["tensors_transferred"] > 0
+    assert transfer.run("demo", "pmmrec", "full", params, root / "processed", runs)["tensors_transferred"] > 0
     # a source's items change after its record was written: pre-training stops, naming the file
     items = processed / "other/items.parquet"
     table = pq.read_table(items)
@@ -321,7 +328,7 @@ def test_a_transfer_run_is_byte_identical_whatever_ran_before(seq_project, tmp_p
     torch.manual_seed(123)  # another state of the global generator than the second run sees
     torch.rand(10)
     for name in ("a", "b"):
-        transfer.run("demo", "scratch", params, root / "processed", tmp_path / name)
+        transfer.run("demo", "pmmrec", "scratch", params, root / "processed", tmp_path / name)
         torch.rand(7)
     a, b = (tmp_path / name / "demo/pmmrec/scratch/model.pt" for name in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()
@@ -336,11 +343,72 @@ def test_an_image_tower_without_one_image_is_refused(seq_project, tmp_path):
     shutil.copytree(root / "processed/demo", tmp_path / "demo")
     (tmp_path / "demo/images.lmdb").unlink()
     write_store(tmp_path / "demo/images.lmdb", [])
-    hp = sequential.model_hparams(params, {})
+    hp = sequential.model_hparams(params, "pmmrec", {})
     with pytest.raises(
-        ValueError, match=r"images.lmdb: none of the \d+ items of demo has an image, and PMMRec's 'modal'"
+        ValueError, match=r"images.lmdb: none of the \d+ items of demo has an image, and pmmrec's item tower \(image"
     ):
-        sequential.load_dataset(DatasetDir(tmp_path / "demo"), hp, 6, False)
-    text_only = sequential.model_hparams(params, {"item_tower": "text"})
-    seqs, _, info = sequential.load_dataset(DatasetDir(tmp_path / "demo"), text_only, 6, False)
+        sequential.load_dataset(DatasetDir(tmp_path / "demo"), "pmmrec", hp, 6, False)
+    text_only = sequential.model_hparams(params, "pmmrec", {"item_tower": "text"})
+    seqs, _, info = sequential.load_dataset(DatasetDir(tmp_path / "demo"), "pmmrec", text_only, 6, False)
     assert len(seqs) > 0 and "items_without_image" not in info
+
+
+def mean_items_model() -> type:
+    """A second sequential model in one class (registered when defined: the caller unregisters it)."""
+
+    class MeanItems(SequentialRecommender):
+        """A second sequential model in one class: the mean of the history's item embeddings (no content)."""
+
+        name = "meanitems"
+
+        @dataclass(frozen=True)
+        class HParams(HParams):
+            embedding_size: int = param(16, ge=2)
+
+        def __init__(self, data, hp, max_seq_len: int) -> None:
+            super().__init__(data, hp, max_seq_len)
+            self.items = nn.Embedding(data.n_items + 1, hp.embedding_size, padding_idx=SEQ_PAD)
+            self.user = nn.Linear(hp.embedding_size, hp.embedding_size)
+
+        def states(self, sequences: torch.Tensor, table: torch.Tensor) -> torch.Tensor:
+            valid = (sequences != SEQ_PAD).unsqueeze(-1).float()
+            return self.user((table[sequences] * valid).cumsum(1) / valid.cumsum(1).clamp(min=1))
+
+        def forward(self, inputs, targets, generator):
+            logits = self.states(inputs, self.items.weight) @ self.items.weight.T
+            valid = targets != SEQ_PAD
+            return {"total": nn.functional.cross_entropy(logits[valid], targets[valid])}
+
+        @torch.no_grad()
+        def all_item_embeddings(self) -> torch.Tensor:
+            return self.items.weight.detach().clone()
+
+        def scores(self, histories, item_table):
+            return self.states(histories, item_table)[:, -1] @ item_table[1:].T
+
+        def parts(self):
+            return {"item_encoder": [self.items], "user_encoder": [self.user]}
+
+    return MeanItems
+
+
+def test_a_second_sequential_model_is_one_class(seq_project, tmp_path, request):
+    """The pretrain and transfer stages run any model of the family by name: a class, its train.<name>
+    block, nothing else; the pre-trained item table reaches the target through `full`."""
+    root, params = seq_project
+    runs = tmp_path / "runs"
+    mean_items_model()
+    request.addfinalizer(lambda: MODELS.pop("meanitems", None))  # other tests list the registry's models
+    params = {**params, "train": {**params["train"], "meanitems": {"embedding_size": 16}}}
+    params = {
+        **params,
+        "pipeline": {**params["pipeline"], "pretrain_sources": ["demo"], "pretrain_models": ["meanitems"]},
+    }
+    pretrain_input.run("demo", params, root / "processed", runs)
+    summary = pretrain.run("meanitems", params, root / "processed", runs)
+    assert summary["encoder_params_trained"] == 0 and (runs / "pretrain/meanitems/model.pt").is_file()
+    result = transfer.run("demo", "meanitems", "full", params, root / "processed", runs)
+    assert result["tensors_transferred"] == 3  # items.weight, user.weight, user.bias
+    assert json.loads((runs / "demo/meanitems/full/metrics.json").read_text())["test"]["hr@10"] >= 0
+    with pytest.raises(ParamsError, match="lists 'bpr', which reads 'id', not 'seq'"):
+        pretrain.run("bpr", params, root / "processed", runs)

@@ -92,6 +92,15 @@ def code_dep_problems(dvc: dict[str, Any]) -> list[str]:
                 if got != expected:
                     problems.append(f"{name} with model {model}: code deps {got}, its imports need {expected}")
                     break
+        elif module in code_deps.SEQ_STAGES:
+            model_dep = f"models/{command(stage)[1]['model']}.py"  # models/${item}.py or models/${item.model}.py
+            if model_dep not in listed:
+                problems.append(f"{name}: {model_dep} missing from deps")
+            for model in (m for m, cls in all_models().items() if cls.reads == "seq"):
+                expected = code_deps.stage_code(module, model)
+                got = sorted(d.replace(model_dep, f"models/{model}.py") for d in listed)
+                if got != expected:
+                    problems.append(f"{name} with model {model}: code deps {got}, its imports need {expected}")
         else:
             expected = code_deps.stage_code(module)
             if listed != expected:
@@ -205,7 +214,7 @@ def test_model_group_check_catches_a_misplaced_model_and_a_wrong_list():
         ("train.lightgcn", {"n_layers": 2, "n_layer": 3}, r"lightgcn has unknown key 'n_layer' \(known: embedding_"),
         ("train.lightgcn", {"n_layers": "two"}, r"train.lightgcn.n_layers = 'two': expected an integer"),
         ("train.vbpr", {"modalities": ["text", "audio"]}, r"train.vbpr.modalities asks for audio"),
-        ("pipeline.pretrain_models", ["sasrec"], r"pretrain_models lists sasrec; the pre-trained models are pmmrec"),
+        ("pipeline.pretrain_models", ["bpr"], r"pretrain_models lists 'bpr', which reads 'id', not 'seq'"),
         ("pipeline.pretrain_sources", [], r"pretrain_models and pretrain_sources go together"),
         ("pipeline.pretrain_sources", ["demo", "dmeo"], r"dmeo must also be in pipeline.datasets"),
         # values that used to pass check and change results or fail late

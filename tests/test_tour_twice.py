@@ -94,7 +94,7 @@ def test_the_tour_twice(tmp_path):
     assert metric(root, "demo/micro/default/cold") > 3 * 20 / stats["items"]
     target_items = json.loads((root / "runs/demo_b/pmmrec/full/evaluation.json").read_text())["items"]
     report = (root / "reports/results.md").read_text()
-    assert "## demo_b: sequential (PMMRec" in report
+    assert "## demo_b: sequential (pmmrec, leave-one-out" in report
     for variant in ("sasrec", "scratch", "full"):  # PMMRec's stages under DVC, and their row in the report
         assert metric(root, f"demo_b/pmmrec/{variant}", "hr@10") > 1.5 * 10 / target_items, variant
         hr = json.loads((root / f"runs/demo_b/pmmrec/{variant}/evaluation.json").read_text())["test"]["hr@10"]

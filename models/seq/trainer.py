@@ -79,8 +79,7 @@ def rank_users(model: nn.Module, seqs: Sequences, stage: str, ks: list[int], bat
 def param_groups(model: nn.Module, cfg: SeqTrainConfig) -> list[dict[str, Any]]:
     """The pre-trained encoders' trainable blocks at encoder_lr without decay, the rest at lr with decay."""
     module = model.module if hasattr(model, "module") else model
-    towers = [getattr(module, name) for name in ("text", "image") if hasattr(module, name)]
-    encoder_ids = {id(p) for tower in towers for p in tower.encoder.parameters()}
+    encoder_ids = {id(p) for encoder in module.pretrained_encoders() for p in encoder.parameters()}
     encoders = [p for p in module.parameters() if p.requires_grad and id(p) in encoder_ids]
     rest = [p for p in module.parameters() if p.requires_grad and id(p) not in encoder_ids]
     groups = [{"params": rest, "lr": cfg.lr, "weight_decay": cfg.weight_decay}]

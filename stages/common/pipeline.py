@@ -25,7 +25,6 @@ MODEL_LISTS = {
     "e2e_models": ("e2e", "warm"),  # LMM4Rec's end-to-end paradigm: trained with the encoder of train.e2e
 }
 SETTINGS = ("warm", "cold")
-PRETRAINED_MODELS = ("pmmrec",)  # what pipeline.pretrain_models may list
 LMM_READS = ("feat", "graph")  # what the lmm group's stages track: features and graphs of the set
 
 
@@ -60,7 +59,9 @@ class PipelineConfig(Config):
     pretrain_sources: tuple[str, ...] = param(
         [], doc="of `datasets`: pre-trained on together, as one catalogue (one or several; none: no pre-training)"
     )
-    pretrain_models: tuple[str, ...] = param([], doc="models pre-trained on pretrain_sources: [pmmrec], or none")
+    pretrain_models: tuple[str, ...] = param(
+        [], doc="sequential models (reads seq) pre-trained on pretrain_sources and transferred: [pmmrec], or none"
+    )
     transfer_targets: tuple[str, ...] = param([], doc="of `datasets`: PMMRec's transfer targets")
     transfer_variants: tuple[str, ...] = param([], doc="keys of `seq.variants`")
     demo_encoders: tuple[str, ...] = param([], doc="keys of `demo_encoders`: seeded random models to build")
@@ -108,12 +109,6 @@ class PipelineConfig(Config):
             raise ParamsError(
                 f"params.yaml: {where}: {', '.join(shared)} would run twice on feature set {', '.join(both)} (from "
                 f"model_feature_sets and lmm4rec_feature_sets); list each set in one of the two"
-            )
-        unknown = [m for m in self.pretrain_models if m not in PRETRAINED_MODELS]
-        if unknown:
-            raise ParamsError(
-                f"params.yaml: {where}.pretrain_models lists {', '.join(unknown)}; the pre-trained models are "
-                f"{', '.join(PRETRAINED_MODELS)}"
             )
         if bool(self.pretrain_models) != bool(self.pretrain_sources):
             raise ParamsError(

@@ -1,7 +1,8 @@
-"""What the `pretrain` and `transfer` stages share: PMMRec's params, a dataset's sequences and content,
-the model built on them, and the files a sequential run writes.
+"""What the `pretrain` and `transfer` stages share for any model of the sequential family (`reads =
+"seq"`, models/seq/base.py; PMMRec is one): its params, a dataset's sequences and the item content its
+tower reads, and the files a sequential run writes.
 
-Params: `train.pmmrec` (the model's HParams, declared in models/pmmrec.py), `seq.train` (the training
+Params: `train.<model>` (the model's HParams, declared in models/<model>.py), `seq.train` (the training
 protocol, `SeqTrainConfig`), `seq.pretrain` (its changes for pre-training), `seq.variants.<name>` (a
 transfer setting: `pretrain_part` none | full | item_encoder | user_encoder, `overrides` of the model's
 hyperparameters, `train` changes to seq.train), `train.device`, `train.num_threads`,
@@ -21,15 +22,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from mmpipe.config import Config, param
+from mmpipe.config import Config, ParamsError, param
 from mmpipe.hf import hub_errors, resolve_model
 from mmpipe.io import csv_text, read_parquet, write_bytes, write_json, write_text
 from mmpipe.log import get_logger
 from mmpipe.paths import DatasetDir, RunFiles
 from mmpipe.schemas import ITEM_FIELDS, item_text
-from models.core.registry import model_config
+from models.core.registry import get_model, model_config
 from models.core.trainer import FitResult
-from models.pmmrec import PMMRec, SeqData
+from models.seq.base import SeqData, SequentialRecommender
 from models.seq.data import Sequences, concat_sequences, load_sequences
 from models.seq.towers import decode_images, load_image_model, load_text_model, read_item_images, tokenize
 from models.seq.trainer import SeqTrainConfig
@@ -37,9 +38,6 @@ from stages.common.params import allow_download
 from stages.common.run import TrainRuntime
 
 log = get_logger("sequential")
-
-MODEL = "pmmrec"
-PARTS = ("none", "full", "item_encoder", "user_encoder")
 
 
 @dataclass(frozen=True)
@@ -49,7 +47,7 @@ class Variant(Config):
     pretrain_part: Literal["none", "full", "item_encoder", "user_encoder"] = param(
         "none", doc="none: from scratch; else the part of the pre-trained model loaded (PMMRec's three)"
     )
-    overrides: Mapping[str, Any] = param({}, doc="train.pmmrec keys changed for this variant, e.g. item_tower")
+    overrides: Mapping[str, Any] = param({}, doc="train.<model> keys changed for this variant, e.g. item_tower")
     train: Mapping[str, Any] = param({}, doc="seq.train keys changed for this variant")
 
 
@@ -60,14 +58,25 @@ def read_variant(params: dict[str, Any], variant: str) -> Variant:
     return Variant.parse(variants[variant], f"seq.variants.{variant}")
 
 
-def common_keys() -> list[str]:
-    return ["train.pmmrec", "seq.train", "train.device", "train.num_threads", "features.allow_download"]
+def model_class(model: str, where: str = "pipeline.pretrain_models") -> type[SequentialRecommender]:
+    """The sequential model named `model` (its file models/<model>.py); another family's is an error."""
+    cls = get_model(model)
+    if not issubclass(cls, SequentialRecommender):
+        raise ParamsError(
+            f"params.yaml: {where} lists '{model}', which reads '{cls.reads}', not 'seq': only the sequential "
+            f"family (models/seq/base.py) pre-trains and transfers"
+        )
+    return cls
 
 
-def model_hparams(params: dict[str, Any], overrides: Mapping[str, Any] | None = None) -> PMMRec.HParams:
-    block = dict((params.get("train") or {}).get(MODEL) or {})
+def common_keys(model: str) -> list[str]:
+    return [f"train.{model}", "seq.train", "train.device", "train.num_threads", "features.allow_download"]
+
+
+def model_hparams(params: dict[str, Any], model: str, overrides: Mapping[str, Any] | None = None) -> Any:
+    block = dict((params.get("train") or {}).get(model) or {})
     block.update(overrides or {})
-    hp, _ = model_config(MODEL, block)
+    hp, _ = model_config(model, block)
     return hp
 
 
@@ -84,23 +93,23 @@ def runtime(params: dict[str, Any]) -> tuple[torch.device, int, bool]:
     return run.torch_device, run.num_threads, allow_download(params)
 
 
-def _load(what: str, ref: str, allow_download: bool, loader):
+def _load(key: str, ref: str, allow_download: bool, loader):
     path, local = resolve_model(ref)
     if not allow_download:
         os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    with hub_errors(f"train.{MODEL}.{what}", ref, local):
+    with hub_errors(key, ref, local):
         return loader(path, not allow_download)
 
 
 def load_dataset(
-    ds: DatasetDir, hp: PMMRec.HParams, max_seq_len: int, allow_download: bool
+    ds: DatasetDir, model: str, hp: Any, max_seq_len: int, allow_download: bool
 ) -> tuple[Sequences, SeqData, dict[str, Any]]:
-    """Sequences and the item content PMMRec's tower needs (texts tokenised, images decoded), plus counts."""
-    return load_datasets([ds], hp, max_seq_len, allow_download)
+    """Sequences and the item content the model's tower reads (texts tokenised, images decoded), plus counts."""
+    return load_datasets([ds], model, hp, max_seq_len, allow_download)
 
 
 def load_datasets(
-    dirs: list[DatasetDir], hp: PMMRec.HParams, max_seq_len: int, allow_download: bool
+    dirs: list[DatasetDir], model: str, hp: Any, max_seq_len: int, allow_download: bool
 ) -> tuple[Sequences, SeqData, dict[str, Any]]:
     """`load_dataset` of several datasets as one catalogue (`concat_sequences`): pre-training on sources.
 
@@ -118,23 +127,26 @@ def load_datasets(
     items = [row for ds in dirs for row in read_parquet(ds.items).to_pylist()]
     data = SeqData(n_users=len(seqs), n_items=seqs.n_items, popularity=seqs.popularity)
     info: dict[str, Any] = {"users": len(seqs), "items": seqs.n_items, "users_dropped_short": seqs.dropped_short}
-    if hp.item_tower in ("modal", "text"):
-        encoder, tokenizer = _load("text_model", hp.text_model, allow_download, load_text_model)
-        texts = [item_text({k: row.get(k) for k in ITEM_FIELDS}, hp.text_template) for row in items]
-        data.text_ids, data.text_mask = tokenize(tokenizer, texts, hp.max_tokens)
+    encoders = {e.modality: e for e in model_class(model).item_encoders(hp)}
+    if "text" in encoders:
+        text = encoders["text"]
+        encoder, tokenizer = _load(f"train.{model}.{text.key}", text.ref, allow_download, load_text_model)
+        texts = [item_text({k: row.get(k) for k in ITEM_FIELDS}, text.template) for row in items]
+        data.text_ids, data.text_mask = tokenize(tokenizer, texts, text.max_tokens)
         data.text_encoder = encoder
         info["items_without_text"] = sum(1 for t in texts if not t)
-    if hp.item_tower in ("modal", "image"):
-        encoder = _load("image_model", hp.image_model, allow_download, load_image_model)
+    if "image" in encoders:
+        image = encoders["image"]
+        encoder = _load(f"train.{model}.{image.key}", image.ref, allow_download, load_image_model)
         size = int(encoder.config.image_size)
         decoded = [decode_images(read_item_images(ds.images, [r["item_id"] for r in rows]), size)
                    for ds, rows in zip(dirs, _split(items, [p.n_items for p in parts]), strict=True)]  # fmt: skip
         for ds, (_, has) in zip(dirs, decoded, strict=True):
             if len(has) and not has.any():  # the tower would learn from blank images only
                 raise ValueError(
-                    f"{ds.images}: none of the {len(has)} items of {ds.name} has an image, and PMMRec's "
-                    f"{hp.item_tower!r} item tower reads them: rebuild the images (dvc repro "
-                    f"pipelines/data/dvc.yaml:images@{ds.name}) or train another tower (item_tower: text or id)"
+                    f"{ds.images}: none of the {len(has)} items of {ds.name} has an image, and {model}'s item "
+                    f"tower ({image.key} {image.ref}) reads them: rebuild the images (dvc repro "
+                    f"pipelines/data/dvc.yaml:images@{ds.name}) or train a tower without images"
                 )
         data.pixels = decoded[0][0] if len(decoded) == 1 else torch.cat([px for px, _ in decoded])
         data.image_encoder = encoder
@@ -156,43 +168,25 @@ def _split(rows: list, sizes: list[int]) -> list[list]:
     return out
 
 
-def check_params(pipeline_cfg: Any, params: dict[str, Any]) -> list[tuple[PMMRec.HParams, str | None]]:
-    """Validate every PMMRec block the pipeline will use; return each setting's hyperparameters and the
-    transfer variant whose overrides made them (None: pre-training's, train.pmmrec alone)."""
+def check_params(pipeline_cfg: Any, params: dict[str, Any]) -> list[tuple[str, Any, str | None]]:
+    """Validate every sequential block the pipeline will use; return each setting's model, hyperparameters
+    and the transfer variant whose overrides made them (None: pre-training's, train.<model> alone)."""
     if not (pipeline_cfg.pretrain_sources or pipeline_cfg.transfer_targets):
         return []
-    settings: list[tuple[PMMRec.HParams, str | None]] = [(model_hparams(params), None)]
     train_config(params, (params.get("seq") or {}).get("pretrain"), where="seq.train (+ seq.pretrain)")
-    for name in pipeline_cfg.transfer_variants:
-        spec = read_variant(params, name)
-        settings.append((model_hparams(params, spec.overrides), name))
-        train_config(params, spec.train, where=f"seq.train (+ seq.variants.{name}.train)")
+    settings: list[tuple[str, Any, str | None]] = []
+    for model in pipeline_cfg.pretrain_models:
+        model_class(model)
+        settings.append((model, model_hparams(params, model), None))
+        for name in pipeline_cfg.transfer_variants:
+            spec = read_variant(params, name)
+            settings.append((model, model_hparams(params, model, spec.overrides), name))
+            train_config(params, spec.train, where=f"seq.train (+ seq.variants.{name}.train)")
     return settings
 
 
-def encoders_used(hp: PMMRec.HParams) -> list[tuple[str, str, int]]:
-    """(text or image, the encoder it loads, its trainable top blocks) for the towers `hp` builds."""
-    used = []
-    if hp.item_tower in ("modal", "text"):
-        used.append(("text", hp.text_model, hp.text_trainable_layers))
-    if hp.item_tower in ("modal", "image"):
-        used.append(("image", hp.image_model, hp.image_trainable_layers))
-    return used
-
-
-def encoder_params(model: PMMRec) -> dict[str, int]:
-    """Parameters of the pre-trained encoders that train and that stay frozen (0 for the ID tower)."""
-    out = {"encoder_params_trained": 0, "encoder_params_frozen": 0}
-    for name in ("text", "image"):
-        tower = getattr(model, name, None)
-        if tower is not None:
-            out["encoder_params_trained"] += tower.trainable_params
-            out["encoder_params_frozen"] += tower.frozen_params
-    return out
-
-
 def checkpoint_bytes(
-    state: dict[str, torch.Tensor], hp: PMMRec.HParams, best_epoch: int, max_seq_len: int, sources: list[str] | None
+    state: dict[str, torch.Tensor], hp: Any, best_epoch: int, max_seq_len: int, sources: list[str] | None
 ) -> bytes:
     """torch.save into memory (a fixed inner name, nothing run-specific inside): byte-identical for equal weights.
     `sources`: the datasets a pre-trained checkpoint learned from (None for a target's run)."""
@@ -204,7 +198,7 @@ def checkpoint_bytes(
     return buf.getvalue()
 
 
-def write_run(out_dir: Path, result: FitResult, hp: PMMRec.HParams, cfg: SeqTrainConfig, summary: dict) -> None:
+def write_run(out_dir: Path, result: FitResult, hp: Any, cfg: SeqTrainConfig, summary: dict) -> None:
     epochs = [r["train_seconds"] for r in result.history]
     summary.update(
         best_epoch=result.best_epoch,
