@@ -18,7 +18,7 @@ from models.core.base import HParams, TrainData
 from models.core.data import load_train_data
 from models.core.graph import bipartite_adjacency, self_loop_row_normalize, sparse_tensor
 from models.core.layers import layer_mean
-from models.core.registry import MODELS, all_models, get_model, model_config
+from models.core.registry import MODELS, all_models, get_model, model_config, model_names
 from models.core.trainer import NegativeSampler, TrainConfig, fit, state_on_cpu
 from stages import coldstart, evaluate, features, graphs, train
 from tests.conftest import ROOT
@@ -58,8 +58,9 @@ def hp_for(name: str, params: dict, tiny: bool = False) -> HParams:
     return hp
 
 
-ALL_MODELS = ["pop", "bpr", "lightgcn", "vbpr", "bm3", "itemknn", "lattice", "freedom", "micro", "rearm"]
-TRAINED = [m for m in ALL_MODELS if m not in ("pop", "itemknn")]  # the others rank without training
+# every recommender of the registry outside the sequential family (pmmrec: tests/test_pmmrec.py)
+ALL_MODELS = sorted(name for name, cls in all_models().items() if cls.reads != "seq")
+TRAINED = [m for m in ALL_MODELS if all_models()[m].trainable]  # pop and itemknn rank without training
 # Parameters that get no gradient by construction: FREEDOM's projection biases cancel in the BPR
 # difference; REARM's "knowledge compression" layers are detached in the official code.
 NO_GRADIENT = {"freedom": {"project.image.bias", "project.text.bias"},
@@ -68,7 +69,12 @@ NO_GRADIENT = {"freedom": {"project.image.bias", "project.text.bias"},
 
 
 def test_registry_lists_every_model():
-    assert sorted(all_models()) == sorted([*ALL_MODELS, "pmmrec"]) == sorted(MODELS)  # pmmrec: tests/test_pmmrec.py
+    """Every file of models/ registers its model under its own name; the tests below run them all."""
+    assert sorted(all_models()) == model_names() == sorted(MODELS)
+    assert {"pop", "bpr", "lightgcn", "vbpr", "bm3", "itemknn", "lattice", "freedom", "micro", "rearm"} <= set(
+        ALL_MODELS
+    )
+    assert set(TRAINED) == set(ALL_MODELS) - {"pop", "itemknn"}
 
 
 @pytest.mark.parametrize("name", ALL_MODELS)
@@ -109,7 +115,7 @@ def with_cold_features(data: TrainData, seed: int) -> TrainData:
     )
 
 
-COLD_SCORERS = ["freedom", "itemknn", "lattice", "micro", "rearm", "vbpr"]  # pmmrec: tests/test_pmmrec.py
+COLD_SCORERS = [m for m in ALL_MODELS if all_models()[m].scores_cold_items]  # pmmrec: tests/test_pmmrec.py
 
 
 @pytest.mark.parametrize("name", COLD_SCORERS)
@@ -364,3 +370,19 @@ def test_a_models_cold_block_changes_the_cold_setting_only(params):
     assert model_config("micro", block, "cold")[0].lr == 1e-5
     with pytest.raises(ValueError, match=r"train.micro \(with train.micro.cold\) has unknown key 'lrr'"):
         model_config("micro", {**block, "cold": {"lrr": 1e-5}}, "cold")
+
+
+def test_a_params_value_wins_over_the_hparams_default_and_a_missing_key_takes_it():
+    """One rule for the two homes of a hyperparameter value: params.yaml's train.<name> over HParams."""
+    default = get_model("lightgcn").HParams.parse({}, "x").n_layers
+    assert model_config("lightgcn", {"n_layers": default + 1})[0].n_layers == default + 1
+    assert model_config("lightgcn", {})[0].n_layers == default
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    for name, block in params["train"].items():
+        if name not in all_models():  # num_threads, device, processes, common, datasets, e2e
+            continue
+        hp, _ = model_config(name, block)
+        given = {k: v for k, v in block.items() if k not in ("preset", "overrides", "trainer", "cold")}
+        for key, value in given.items():  # every value written in params.yaml is the one the run gets
+            got = getattr(hp, key)
+            assert (list(got) if isinstance(got, tuple) else got) == value, (name, key, got, value)

@@ -10,7 +10,8 @@ A model file declares everything the pipeline needs to know about its model on t
 * `end_to_end`: whether it reads its item features only as `self.features[modality]`, so that
   `models.core.end_to_end` can train it with the encoder that produces them (LMM4Rec's third paradigm);
 * `HParams`: its hyperparameters as a typed `Config` (types, defaults, ranges); the `train.<name>`
-  block of params.yaml is validated against it (`models.core.registry.model_config`).
+  block of params.yaml is validated against it (`models.core.registry.model_config`). A key the block
+  gives wins over the default; a key it leaves out takes the default.
 
 Defining such a class registers it (`__init_subclass__`); there is no second list to keep in step.
 A model is built from a `TrainData` and its `HParams`, and provides a BPR-style `loss(users, pos,
