@@ -263,9 +263,9 @@ def collect_sequential(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[di
 SEQ_TABLE = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")  # PMMRec reports HR/NDCG@10
 
 
-def seq_label(rec: dict[str, Any]) -> str:
-    """A transfer run's row label when a table holds several sequential models."""
-    return f"{rec['model']} {rec['variant']}"
+def seq_label(rec: dict[str, Any], with_model: bool) -> str:
+    """A transfer run's row label: its variant, prefixed by its model when a table holds several."""
+    return f"{rec['model']} {rec['variant']}" if with_model else rec["variant"]
 
 
 def sequential_sections(cfg: pipeline.PipelineConfig, records: list[dict[str, Any]], runs_root: Path) -> list[str]:
@@ -294,16 +294,16 @@ def sequential_sections(cfg: pipeline.PipelineConfig, records: list[dict[str, An
                     f"{pre['best_valid'].get('hr@10', float('nan')):.4f}), {pre['seconds_per_epoch']:.1f} s/epoch.",
                     "",
                 ]
-        label = seq_label if len(models) > 1 else (lambda rec: rec["variant"])
+        several = len(models) > 1
 
-        runs = [(label(r), r["test"].get(SEQ_TESTED_METRIC), r["per_user"]) for r in recs]
+        runs = [(seq_label(r, several), r["test"].get(SEQ_TESTED_METRIC), r["per_user"]) for r in recs]
         versus = versus_best(runs, SEQ_TESTED_METRIC)
         header = ["variant", "item tower", "pre-trained part", *SEQ_TABLE, "valid hr@10", "best epoch", "s/epoch",
                   "encoder params trained"] + (["vs best"] if versus else [])  # fmt: skip
         rows = [
-            [label(r), r["item_tower"], r["pretrain_part"], *(f"{r['test'][m]:.4f}" for m in SEQ_TABLE),
+            [seq_label(r, several), r["item_tower"], r["pretrain_part"], *(f"{r['test'][m]:.4f}" for m in SEQ_TABLE),
              f"{r['valid'].get('hr@10', float('nan')):.4f}", str(r["best_epoch"]), f"{r['seconds_per_epoch']:.2f}",
-             f"{r['encoder_params_trained']:,}"] + ([versus.get(label(r), "-")] if versus else [])
+             f"{r['encoder_params_trained']:,}"] + ([versus.get(seq_label(r, several), "-")] if versus else [])
             for r in recs
         ]  # fmt: skip
         md += [markdown_table(rows, header), ""]

@@ -16,7 +16,8 @@ import pandas as pd
 
 from mmpipe.io import read_json
 from mmpipe.log import get_logger
-from mmpipe.paths import MANIFEST
+from mmpipe.paths import MANIFEST, feature_file
+from stages.sources.source import FileSpec
 
 log = get_logger("ingest")
 
@@ -162,3 +163,8 @@ def _check_range(values: np.ndarray, where: list[str], mapping: Mapping | None, 
             f"{where[i]}: {what} index {int(values[i])} is out of range for {path} ({len(ids)} entries, "
             f"0..{len(ids) - 1}); {len(bad)} such rows"
         )
+
+
+def feature_files() -> list[FileSpec]:
+    """The optional `image_feat.npy` / `text_feat.npy` a pre-split dataset may ship beside its split."""
+    return [FileSpec(f"{m}_feat", feature_file(m), "npy", None, optional=True) for m in ("image", "text")]

@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from mmpipe.io import read_json
-from mmpipe.paths import MANIFEST, feature_file
-from stages.sources.indexed import Read, _index, _path
+from mmpipe.paths import MANIFEST
+from stages.sources.indexed import Read, _index, _path, feature_files
 from stages.sources.malformed import Malformed
 from stages.sources.source import FILE_KEYS, FileSpec, Source
 
@@ -94,8 +94,7 @@ def lattice_files(cfg: Mapping[str, Any]) -> list[FileSpec]:
         FileSpec("test", "5-core/test.json", "lattice-split", None),
         FileSpec("user_map", "user2id.json", "lattice-map", None, optional=True),
         FileSpec("item_map", "item2id.json", "lattice-map", None, optional=True),
-        FileSpec("image_feat", feature_file("image"), "npy", None, optional=True),
-        FileSpec("text_feat", feature_file("text"), "npy", None, optional=True),
+        *feature_files(),
     ]
 
 

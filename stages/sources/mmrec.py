@@ -14,8 +14,8 @@ import numpy as np
 import pandas as pd
 
 from mmpipe.config import ParamsError
-from mmpipe.paths import MANIFEST, MMREC_ITEM_MAP, MMREC_USER_MAP, feature_file
-from stages.sources.indexed import Read, _lines, _path
+from mmpipe.paths import MANIFEST, MMREC_ITEM_MAP, MMREC_USER_MAP
+from stages.sources.indexed import Read, _lines, _path, feature_files
 from stages.sources.malformed import Malformed
 from stages.sources.source import FILE_KEYS, FileSpec, Source
 
@@ -124,8 +124,7 @@ def mmrec_files(cfg: Mapping[str, Any]) -> list[FileSpec]:
         FileSpec("interactions", f"{name}.inter", "mmrec-inter", None),
         FileSpec("user_map", MMREC_USER_MAP, "mmrec-map", None, optional=True),
         FileSpec("item_map", MMREC_ITEM_MAP, "mmrec-map", None, optional=True),
-        FileSpec("image_feat", feature_file("image"), "npy", None, optional=True),
-        FileSpec("text_feat", feature_file("text"), "npy", None, optional=True),
+        *feature_files(),
     ]
 
 

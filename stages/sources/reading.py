@@ -47,7 +47,8 @@ def find_files(manifest: dict[str, Any], roles: tuple[str, ...], raw_dir: Path) 
 def _reader(registry: dict[str, Any], fmt: str, path: Path, kind: str) -> Any:
     if fmt not in registry:
         raise ValueError(
-            f"{path}: format {fmt!r} has no {kind} reader in stages/sources/formats.py (known: {', '.join(registry)})"
+            f"{path}: format {fmt!r} has no {kind} reader: no source in stages/sources/catalog.py declares it "
+            f"(known: {', '.join(registry)})"
         )
     return registry[fmt]
 
