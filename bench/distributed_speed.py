@@ -50,10 +50,11 @@ def train_run(params: dict, work: Path, processes: int) -> dict:
     params["train"]["processes"] = processes
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "MMPIPE_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
+    seed = params["pipeline"]["seeds"][0]
     command = [sys.executable, "-m", "stages.train", "--dataset", "demo", "--model", "lightgcn", "--setting",
-               "warm", "--group", "id"]  # fmt: skip
+               "warm", "--group", "id", "--seed", str(seed)]  # fmt: skip
     subprocess.run(command, cwd=work, env=env, check=True, stderr=subprocess.DEVNULL)
-    run = RunFiles(run_dir("demo", "lightgcn", "warm", runs=work / RUNS))
+    run = RunFiles(run_dir("demo", "lightgcn", "warm", seed, runs=work / RUNS))
     return {**read_json(run.train_summary), **read_json(run.train_times)}
 
 

@@ -43,7 +43,7 @@ BABY_ITEMS, BABY_TRAIN, BATCH = 7050, 118_551, 2048  # MMRec's Baby split
 def demo_epochs(params: dict, model: str, epochs: int) -> tuple[float, float, float]:
     """(s/epoch, items/s with gradients, items/s without) of `model` trained end to end on the demo, by the
     train stage's own loop (`fit`), its feature-table pass and its steps timed apart."""
-    spec = run_spec("demo", model, "warm", "e2e", None, params)
+    spec = run_spec("demo", model, "warm", "e2e", 2026, None, params)
     hp, cfg = train.training_config(spec, params)
     cfg = dataclasses.replace(cfg, epochs=epochs, eval_every=epochs, patience=epochs)
     data, split = load_data(spec)

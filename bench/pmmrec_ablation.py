@@ -40,14 +40,13 @@ def main(argv: list[str] | None = None) -> int:
     target = params["pipeline"]["transfer_targets"][0]
     print(f"{target}, from scratch, seq.train as in params.yaml")
     print(f"{'variant':15s} {'losses':20s} {'HR@10':>15s} {'NDCG@10':>15s} {'s/epoch':>8s}   ({args.seeds} seeds)")
-    base_seed = params["seq"]["train"]["seed"]
+    base_seed = params["pipeline"]["seeds"][0]
     for variant in args.variants.split(","):
         hr, ndcg, speed = [], [], []
-        for k in range(args.seeds):
-            params["seq"]["train"]["seed"] = base_seed + k
+        for seed in range(base_seed, base_seed + args.seeds):
             with tempfile.TemporaryDirectory() as tmp:
-                summary = transfer.run(target, "pmmrec", variant, params, ROOT / "processed", Path(tmp))
-                result = read_json(RunFiles(run_dir(target, "pmmrec", variant, runs=Path(tmp))).evaluation)
+                summary = transfer.run(target, "pmmrec", variant, seed, params, ROOT / "processed", Path(tmp))
+                result = read_json(RunFiles(run_dir(target, "pmmrec", variant, seed, runs=Path(tmp))).evaluation)
             hr.append(result["test"]["hr@10"])
             ndcg.append(result["test"]["ndcg@10"])
             speed.append(summary["seconds_per_epoch"])

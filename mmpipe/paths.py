@@ -1,8 +1,8 @@
 """Where every artefact lives: one home for the layout that dvc.yaml, the stages and the models share.
 
 `raw/<ds>/` holds a dataset's files as published; `processed/<ds>/` everything derived from them;
-`runs/<ds>/<model>/<run>/` what a model's training and evaluation wrote. dvc.yaml spells the same
-paths (a test checks that every stage's outputs are the ones named here).
+`runs/<ds>/<model>/<run>/seed-<n>/` what a model's training and evaluation wrote, once per seed.
+dvc.yaml spells the same paths (a test checks that every stage's outputs are the ones named here).
 """
 
 from __future__ import annotations
@@ -152,9 +152,19 @@ class DatasetDir:
         return self.export_dir(feature_set) / "export_stats.json"
 
 
-def run_dir(dataset: str, model: str, setting: str, feature_set: str | None = None, runs: Path = RUNS) -> Path:
-    """`runs/<ds>/<model>/<setting>/`, or `runs/<ds>/<model>/<feature set>/<setting>/` for a model that
-    reads item features (one run per feature set it is trained on)."""
+def run_dir(
+    dataset: str, model: str, setting: str, seed: int, feature_set: str | None = None, runs: Path = RUNS
+) -> Path:
+    """`runs/<ds>/<model>/<setting>/seed-<seed>/`, or `runs/<ds>/<model>/<feature set>/<setting>/seed-<seed>/`
+    for a model that reads item features (one run per feature set it is trained on, and per seed)."""
+    return runs_of_setting(dataset, model, setting, feature_set, runs) / f"{SEED_DIR}{seed}"
+
+
+SEED_DIR = "seed-"  # a run's folder: seed-<n>, one per seed of pipeline.seeds
+
+
+def runs_of_setting(dataset: str, model: str, setting: str, feature_set: str | None = None, runs: Path = RUNS) -> Path:
+    """The folder of a model's runs in one setting (and feature set): one `seed-<n>/` per seed."""
     root = Path(runs) / dataset / model
     return (root / feature_set if feature_set else root) / setting
 

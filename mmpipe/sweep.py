@@ -1,9 +1,10 @@
 """A hyperparameter grid's table, from the experiments DVC recorded: `python -m mmpipe.sweep`.
 
 DVC runs the grid (`dvc exp run --queue -S 'train.lattice.reg_weight=0,1e-4,1e-3' -S
-'train.common.seed=1,2,3'`, then `dvc queue start -j 2` or `dvc exp run --run-all`); this command only
-reads what it recorded (`dvc.api.exp_show`), adds no tracker of its own, and turns one run's metrics into
-a table: every point of the grid (the params that differ between the experiments, the seed key aside),
+'pipeline.seeds=[1,2,3]'`, then `dvc queue start -j 2` or `dvc exp run --run-all`): every experiment
+trains the model once per seed of `pipeline.seeds` (`<run>/seed-<n>/metrics.json`). This command only
+reads what DVC recorded (`dvc.api.exp_show`), adds no tracker of its own, and turns one run's metrics into
+a table: every point of the grid (the params that differ between the experiments, the seed list aside),
 its validation and test metric as mean ± standard deviation over the seeds run at that point, and the
 point chosen by the best mean *validation* metric. Test metrics never take part in the choice (MMRec's
 grid keeps the best by test, which overstates every number it reports).
@@ -26,19 +27,21 @@ from typing import Any
 
 from mmpipe.config import UserError
 from mmpipe.io import write_text
-from mmpipe.paths import RunFiles
+from mmpipe.paths import SEED_DIR, RunFiles
+from mmpipe.significance import mean_std
 
-SEED_KEY = "train.common.seed"
+SEED_KEY = "pipeline.seeds"  # the seeds of every experiment: not a grid axis
 BOOKKEEPING = {"Experiment", "rev", "typ", "Created", "parent", "State", "Executor"}
 
 
 @dataclass(frozen=True)
 class Trial:
-    """One recorded experiment: its name, the grid values, its seed and the run's two metrics."""
+    """One seed's run in one recorded experiment: the experiment's name, its grid values, the seed and the
+    run's two metrics."""
 
     name: str
     point: tuple[Any, ...]
-    seed: Any
+    seed: int
     valid: float
     test: float
 
@@ -59,19 +62,17 @@ class Point:
         return [t.test for t in self.trials]
 
 
-def metric_column(columns: Sequence[str], metrics_file: str, key: str) -> str:
-    """The exp_show column of `key` in `metrics_file`: `file:key`, or the bare key where DVC drops the
-    file's name (it does when the project has a single metrics file)."""
-    prefixed = f"{metrics_file}:{key}"
-    if prefixed in columns:
-        return prefixed
-    if key in columns and not any(":" in c for c in columns if c not in BOOKKEEPING):
-        return key
-    known = sorted({c.split(":", 1)[0] for c in columns if ":" in c})
-    raise UserError(
-        f"no metric {key!r} of {metrics_file} among DVC's experiments; metrics files recorded: "
-        f"{', '.join(known) or 'none'} (is {metrics_file} a run's metrics.json, and did the grid run?)"
-    )
+def seed_columns(columns: Sequence[str], run: str, key: str) -> dict[int, str]:
+    """The exp_show column of `key` in each seed's metrics file of the run folder `run`, by seed."""
+    pattern = re.compile(re.escape(f"{run}/{SEED_DIR}") + r"(\d+)/" + re.escape(f"{RunFiles(Path('')).metrics}:{key}"))
+    found = {int(m.group(1)): c for c in columns if (m := pattern.fullmatch(c))}
+    if not found:
+        known = sorted({c.split(":", 1)[0] for c in columns if ":" in c})
+        raise UserError(
+            f"no metric {key!r} of {run}/{SEED_DIR}<n>/metrics.json among DVC's experiments; metrics files "
+            f"recorded: {', '.join(known) or 'none'} (is {run} a run's folder, and did the grid run?)"
+        )
+    return found
 
 
 def axes_of(rows: list[dict[str, Any]], metric_columns: set[str], seed_key: str) -> list[str]:
@@ -91,21 +92,31 @@ def _is_dependency_hash(rows: list[dict[str, Any]], column: str) -> bool:
 
 
 def collect(
-    rows: list[dict[str, Any]], metrics_file: str, metric: str, seed_key: str, axes: Sequence[str] | None
+    rows: list[dict[str, Any]], run: str, metric: str, seed_key: str, axes: Sequence[str] | None
 ) -> tuple[list[str], list[Trial], int]:
-    """(axes, trials, experiments skipped for want of the metrics): the workspace row is left out, the
-    baseline commit counts as one trial like any experiment."""
+    """(axes, trials: one per experiment and seed, experiments skipped for want of any seed's metrics): the
+    workspace row is left out, the baseline commit counts like any experiment."""
     rows = [r for r in rows if r.get("rev") != "workspace"]
     if not rows:
         raise UserError("DVC has recorded no experiment here (dvc exp show lists none); run the grid first")
     columns = list(rows[0])
-    valid_col = metric_column(columns, metrics_file, f"valid.{metric}")
-    test_col = metric_column(columns, metrics_file, f"test.{metric}")
-    complete = [r for r in rows if _number(r.get(valid_col)) is not None and _number(r.get(test_col)) is not None]
+    valid_cols = seed_columns(columns, run, f"valid.{metric}")
+    test_cols = seed_columns(columns, run, f"test.{metric}")
+    seeds = sorted(set(valid_cols) & set(test_cols))
+
+    def measured(r: dict[str, Any], seed: int) -> bool:
+        """The experiment ran this seed (its seed list names it) and recorded both metrics. A metrics file of
+        a seed the list does not name is a leftover of the commit it started from, not this grid point's."""
+        listed = r.get(seed_key)
+        if isinstance(listed, list) and seed not in [_number(s) for s in listed]:
+            return False
+        return _number(r.get(valid_cols[seed])) is not None and _number(r.get(test_cols[seed])) is not None
+
+    complete = [r for r in rows if any(measured(r, s) for s in seeds)]
     if not complete:
-        raise UserError(f"none of DVC's {len(rows)} experiments has {metrics_file}'s valid/test {metric}")
+        raise UserError(f"none of DVC's {len(rows)} experiments has {run}'s valid/test {metric} for any seed")
     if axes is None:
-        axes = axes_of(complete, {valid_col, test_col}, seed_key)
+        axes = axes_of(complete, {*valid_cols.values(), *test_cols.values()}, seed_key)
     unknown = [a for a in axes if a not in columns]
     if unknown:
         raise UserError(f"--axes {', '.join(unknown)}: not params of the experiments DVC recorded")
@@ -113,11 +124,13 @@ def collect(
         Trial(
             name=str(r.get("Experiment") or r.get("rev")),
             point=tuple(r.get(a) for a in axes),
-            seed=r.get(seed_key),
-            valid=float(r[valid_col]),
-            test=float(r[test_col]),
+            seed=seed,
+            valid=float(r[valid_cols[seed]]),
+            test=float(r[test_cols[seed]]),
         )
         for r in complete
+        for seed in seeds
+        if measured(r, seed)
     ]
     return list(axes), trials, len(rows) - len(complete)
 
@@ -137,13 +150,6 @@ def group(trials: list[Trial]) -> list[Point]:
 def choose(points: list[Point]) -> Point:
     """The point with the best mean validation metric (ties: the first in the table's order)."""
     return max(sorted(points, key=lambda p: repr(p.point)), key=lambda p: statistics.fmean(p.valid))
-
-
-def mean_std(values: list[float]) -> str:
-    """`mean ± sd` (sample standard deviation), or the one value for a single seed."""
-    if len(values) == 1:
-        return f"{values[0]:.4f}"
-    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
 def table(axes: list[str], points: list[Point], chosen: Point, metric: str) -> str:
@@ -179,18 +185,20 @@ def sweep(
     seed_key: str = SEED_KEY,
     axes: Sequence[str] | None = None,
 ) -> tuple[str, str]:
-    """(Markdown table with a summary line, CSV of every experiment) for the run folder `run`."""
-    metrics_file = str(RunFiles(Path(run)).metrics)
-    found_axes, trials, skipped = collect(rows, metrics_file, metric, seed_key, axes)
+    """(Markdown table with a summary line, CSV of every experiment and seed) for the run folder `run`
+    (the folder of its seeds, e.g. runs/demo/lattice/default/warm)."""
+    run = run.rstrip("/")
+    found_axes, trials, skipped = collect(rows, run, metric, seed_key, axes)
     points = group(trials)
     chosen = choose(points)
     described = ", ".join(f"{a} = {_cell(v)}" for a, v in zip(found_axes, chosen.point, strict=True)) or "the one point"
     seeds = len(chosen.trials)
     summary = (
-        f"{run}: {len(trials)} experiments, {len(points)} grid points over {', '.join(found_axes) or 'no param'}"
+        f"{run}: {len({t.name for t in trials})} experiments ({len(trials)} runs over their seeds), {len(points)} "
+        f"grid points over {', '.join(found_axes) or 'no param'}"
         f"{f' ({skipped} without metrics, left out)' if skipped else ''}. Chosen on validation {metric} "
         f"(mean over seeds; test never used for the choice): {described}, test {metric} {mean_std(chosen.test)} "
-        f"over {seeds} seed{'s' if seeds != 1 else ''} ({seed_key})."
+        f"over {seeds} seed{'s' if seeds != 1 else ''}."
     )
     return f"{summary}\n\n{table(found_axes, points, chosen, metric)}\n", trials_csv(found_axes, trials, chosen)
 
@@ -198,10 +206,12 @@ def sweep(
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m mmpipe.sweep", description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--run", required=True, help="the run folder whose metrics.json is read, e.g. runs/demo/lattice/default/warm"
+        "--run",
+        required=True,
+        help="the folder of a run's seeds (seed-<n>/metrics.json), e.g. runs/demo/lattice/default/warm",
     )
     parser.add_argument("--metric", default="recall@20", help="chosen on valid.<metric>, reported with test.<metric>")
-    parser.add_argument("--seed-key", default=SEED_KEY, help="the param that numbers the seeds (not a grid axis)")
+    parser.add_argument("--seed-key", default=SEED_KEY, help="the param listing the seeds (not a grid axis)")
     parser.add_argument("--axes", nargs="+", help="the grid's params (default: those that differ between experiments)")
     parser.add_argument("--num", type=int, default=1, help="experiments of the last N commits (dvc exp show -n)")
     parser.add_argument("--csv", type=Path, help="also write every experiment to this CSV")

@@ -132,8 +132,12 @@ def check_models(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> int:
                 )
             # the end-to-end runs add train.e2e.trainer on top, as the train stage does
             e2e_trainer = [(train.get("e2e") or {}).get("trainer")] if group == "e2e" else []
+            pipeline.refuse_seed(train.get("common"), "train.common")
+            pipeline.refuse_seed(trainer, f"train.{name}.trainer")
+            pipeline.refuse_seed(*e2e_trainer or [None], "train.e2e.trainer")
             for dataset in cfg.datasets:
                 per_dataset = (train.get("datasets") or {}).get(dataset)
+                pipeline.refuse_seed(per_dataset, f"train.datasets.{dataset}")
                 where = f"train (for {dataset}/{name}{', end to end' if e2e_trainer else ''})"
                 TrainConfig.from_params(train.get("common"), per_dataset, trainer, *e2e_trainer, where=where)
             checked += 1

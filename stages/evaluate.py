@@ -62,7 +62,9 @@ def check_best_weights(recomputed: dict[str, float], recorded: dict[str, float],
         )
 
 
-def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
+def param_keys(
+    dataset: str, model: str, setting: str, group: str, seed: str, feature_set: str | None = None
+) -> list[str]:
     keys = ["evaluate", "train.num_threads", "train.device"]
     return keys + (E2E_KEYS if group == E2E else []) + (["pipeline.modalities"] if group != "id" else [])
 
@@ -81,15 +83,16 @@ def run(
     model: str,
     setting: str,
     group: str,
+    seed: int,
     params: dict[str, Any],
     feature_set: str | None = None,
     processed: Path = PROCESSED,
     runs: Path = RUNS,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    declared_params = declared(params, param_keys(dataset, model, setting, group, feature_set))
+    declared_params = declared(params, param_keys(dataset, model, setting, group, str(seed), feature_set))
     cfg = EvaluateConfig.parse(declared_params.get("evaluate"), "evaluate")
-    spec = run_spec(dataset, model, setting, group, feature_set, declared_params, runs)
+    spec = run_spec(dataset, model, setting, group, seed, feature_set, declared_params, runs)
     use_threads(spec.num_threads)
     files = spec.files
     checkpoint = load_checkpoint(spec)
@@ -114,6 +117,7 @@ def run(
     result: dict[str, Any] = {
         "model": model,
         "setting": setting,
+        "seed": spec.seed,
         "feature_set": spec.feature_set,
         "test": {k: round(v, 6) for k, v in metrics.items()},
         "valid": summary["best_valid"],

@@ -25,15 +25,28 @@ import yaml
 from mmpipe.config import ParamsError
 from mmpipe.io import atomic_dir, read_json, write_text
 from mmpipe.log import get_logger
-from mmpipe.paths import PUBLISHED, REPORTS, RUNS, ReportFiles, RunFiles, pretrain_dir, run_dir
+from mmpipe.paths import PUBLISHED, REPORTS, RUNS, ReportFiles, RunFiles, pretrain_dir
+from mmpipe.significance import mean_std, significance_note, versus_best
 from stages.common import pipeline
 from stages.common.datasets import dataset_config
 from stages.common.params import declared, run_stage
-from stages.common.significance import significance_note, versus_best
+from stages.reporting.runs import (
+    by_run,
+    cell,
+    collect,
+    collect_sequential,
+    compared,
+    csv_row,
+    epochs_cell,
+    markdown_table,
+    metric_columns,
+    per_epoch,
+    run_label,
+    seeds_sentence,
+)
 
 log = get_logger("report")
 
-METRIC_ORDER = ("recall", "ndcg", "precision", "map")
 TABLE_METRICS = ("recall@10", "recall@20", "ndcg@10", "ndcg@20")  # what published tables report
 TESTED_METRIC = "recall@20"  # the per-user metric the paired tests compare
 SEQ_TESTED_METRIC = "hr@10"  # the sequential tables' (PMMRec reports HR/NDCG@10)
@@ -69,52 +82,6 @@ def load_published(path: Path = PUBLISHED) -> dict[str, Published]:
     return out
 
 
-def runs_of(cfg: pipeline.PipelineConfig, dataset: str) -> list[tuple[str, str, str | None, str]]:
-    """(model, setting, feature set, group) of every enabled run of a dataset, in the lists' order."""
-    out = []
-    for list_name, (group, setting) in pipeline.MODEL_LISTS.items():
-        if group == "id":
-            sets: tuple[str | None, ...] = (None,)
-        elif group == "e2e":
-            sets = ("e2e",)
-        else:
-            sets = cfg.lmm4rec_feature_sets if group == "lmm" else cfg.model_feature_sets
-        for model in getattr(cfg, list_name):
-            for feature_set in sets:
-                out.append((model, setting, feature_set, group))
-    return out
-
-
-def collect(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[dict[str, Any]]:
-    """One record per existing run of an enabled dataset/model/setting/feature set."""
-    records = []
-    for dataset in cfg.train_datasets:
-        for model, setting, feature_set, group in runs_of(cfg, dataset):
-            files = RunFiles(run_dir(dataset, model, setting, feature_set, runs_root))
-            if files.evaluation.is_file():
-                times = read_json(files.train_times) if files.train_times.is_file() else {"seconds_per_epoch": 0.0}
-                records.append(
-                    {"dataset": dataset, "files": files, "group": group, **read_json(files.evaluation), **times}
-                )
-    return records
-
-
-def metric_columns(records: list[dict[str, Any]]) -> list[str]:
-    names = {k for r in records for k in r["test"]}
-    ks = sorted({int(n.split("@")[1]) for n in names})
-    return [f"{m}@{k}" for m in METRIC_ORDER for k in ks if f"{m}@{k}" in names]
-
-
-def markdown_table(rows: list[list[str]], header: list[str]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-def run_label(rec: dict[str, Any]) -> str:
-    return f"{rec['model']} ({rec['feature_set']})" if rec.get("feature_set") else rec["model"]
-
-
 def plot_curves(records: list[dict[str, Any]], out_dir: Path, metric: str) -> list[str]:
     """valid <metric> per epoch, one PNG per dataset/setting, all runs on it."""
     import matplotlib
@@ -128,13 +95,15 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path, metric: str) -> li
         groups.setdefault((rec["dataset"], rec["setting"]), []).append(rec)
     for (dataset, setting), recs in sorted(groups.items()):
         fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
-        for n, rec in enumerate(recs):
-            rows = list(csv.DictReader(io.StringIO(rec["files"].history.read_text())))
-            points = [(int(r["epoch"]), float(r[f"valid_{metric}"])) for r in rows if r.get(f"valid_{metric}")]
-            if len(points) == 1:
-                ax.axhline(points[0][1], linestyle="--", color=f"C{n}", label=f"{run_label(rec)} (no training)")
-            elif points:
-                ax.plot(*zip(*points, strict=True), color=f"C{n}", label=run_label(rec))
+        for n, seeds in enumerate(by_run(recs)):  # one colour per run, one line per seed, labelled once
+            for rec in seeds:
+                rows = list(csv.DictReader(io.StringIO(rec["files"].history.read_text())))
+                points = [(int(r["epoch"]), float(r[f"valid_{metric}"])) for r in rows if r.get(f"valid_{metric}")]
+                label = run_label(rec) if rec is seeds[0] else None
+                if len(points) == 1:
+                    ax.axhline(points[0][1], linestyle="--", color=f"C{n}", label=label and f"{label} (no training)")
+                elif points:
+                    ax.plot(*zip(*points, strict=True), color=f"C{n}", label=label)
         ax.set_xlabel("epoch")
         ax.set_ylabel(f"valid {metric}")
         ax.set_title(f"{dataset} ({setting})")
@@ -147,15 +116,10 @@ def plot_curves(records: list[dict[str, Any]], out_dir: Path, metric: str) -> li
     return written
 
 
-def model_runs(recs: list[dict[str, Any]], metric: str = TESTED_METRIC) -> list[tuple[str, float | None, Path]]:
-    """The (label, test metric, per_user.parquet) of each model run, for `versus_best`."""
-    return [(run_label(r), r["test"].get(metric), r["files"].per_user) for r in recs]
-
-
 def dataset_section(
     dataset: str, setting: str, recs: list[dict[str, Any]], published: Published | None, valid_metric: str
 ) -> list[str]:
-    """The markdown of one dataset and setting: counts, the table, notes."""
+    """The markdown of one dataset and setting: counts, the table (one row per run, its seeds summarised), notes."""
     info = recs[0].get("dataset_stats", {})
     title = "warm (all items seen in training)" if setting == "warm" else "cold-start items (MICRO protocol)"
     md = [f"## {dataset}: {title}", ""]
@@ -165,31 +129,32 @@ def dataset_section(
             f"{info['train']}/{info['valid']}/{info['test']}.",
             "",
         ]
+    runs = by_run(recs)
     columns = [c for c in TABLE_METRICS if any(c in r["test"] for r in recs)]
-    versus = versus_best(model_runs(recs), TESTED_METRIC)
+    versus = versus_best(compared(runs, TESTED_METRIC), TESTED_METRIC)
     header = ["model", *columns, f"valid {valid_metric}", "users", "best epoch", "s/epoch"]
     header += ["vs best"] if versus else []
     if published:
         header += ["published recall@20", "published ndcg@20"]
     rows = []
-    for rec in recs:
-        valid = rec.get("valid", {}).get(valid_metric)
+    for seeds in runs:
+        first = seeds[0]
         row = [
-            run_label(rec),
-            *(f"{rec['test'][c]:.4f}" if c in rec["test"] else "-" for c in columns),
-            f"{valid:.4f}" if valid is not None else "-",
-            str(rec["users_evaluated"]),
-            str(rec["best_epoch"]),
-            f"{rec['seconds_per_epoch']:.3f}",
+            run_label(first),
+            *(cell(seeds, "test", c) for c in columns),
+            cell(seeds, "valid", valid_metric),
+            str(first["users_evaluated"]),
+            epochs_cell(seeds),
+            per_epoch(seeds),
         ]
-        row += [versus.get(run_label(rec), "-")] if versus else []
+        row += [versus.get(run_label(first), "-")] if versus else []
         if published:
-            pub = published.results.get(rec["model"], {})
+            pub = published.results.get(first["model"], {})
             row += [f"{pub[m]:.4f}" if m in pub else "-" for m in ("recall@20", "ndcg@20")]
         rows.append(row)
     md += [markdown_table(rows, header), ""]
     if versus:
-        md += [significance_note(TESTED_METRIC), ""]
+        md += [significance_note(TESTED_METRIC, max(len(r) for r in runs)), ""]
     if published:
         md += [f"Published ({published.name}): {published.source}; split: {published.split}.", ""]
     return md
@@ -218,22 +183,23 @@ def lmm4rec_section(dataset: str, recs: list[dict[str, Any]], features: dict[str
     fewest epochs any of them ran), as the runs may have different budgets."""
     order = {"pre-trained": 0, "fine-tuned": 1, "end to end": 2}
     rows = []
-    for rec in recs:
-        kind, encoder = paradigm(rec["feature_set"], features)
-        rows.append((rec["model"], order[kind], kind, encoder, rec))
+    runs = by_run(recs)
+    for seeds in runs:
+        kind, encoder = paradigm(seeds[0]["feature_set"], features)
+        rows.append((seeds[0]["model"], order[kind], kind, encoder, seeds))
     equal = min(int(rec["epochs_run"]) for rec in recs)
-    versus = versus_best(model_runs(recs), TESTED_METRIC)
+    versus = versus_best(compared(runs, TESTED_METRIC), TESTED_METRIC)
     header = ["model", "paradigm", "item features", *TABLE_METRICS, "best epoch", f"valid {valid_metric} at epoch "
               f"{equal}", "s/epoch", "encoder params trained"]  # fmt: skip
     header += ["vs best"] if versus else []
     table = []
-    for model, _, kind, encoder, rec in sorted(rows, key=lambda r: (r[0], r[1])):
-        at_equal = valid_at_epoch(rec, valid_metric, equal)
+    for model, _, kind, encoder, seeds in sorted(rows, key=lambda r: (r[0], r[1])):
+        at_equal = [v for v in (valid_at_epoch(r, valid_metric, equal) for r in seeds) if v is not None]
         table.append(
-            [model, kind, encoder, *(f"{rec['test'][m]:.4f}" if m in rec["test"] else "-" for m in TABLE_METRICS),
-             str(rec["best_epoch"]), f"{at_equal:.4f}" if at_equal is not None else "-",
-             f"{rec['seconds_per_epoch']:.3f}", f"{rec.get('encoder_params_trained', 0):,}"]
-            + ([versus.get(run_label(rec), "-")] if versus else [])
+            [model, kind, encoder, *(cell(seeds, "test", m) for m in TABLE_METRICS), epochs_cell(seeds),
+             mean_std(at_equal) if len(at_equal) == len(seeds) else "-", per_epoch(seeds),
+             f"{seeds[0].get('encoder_params_trained', 0):,}"]
+            + ([versus.get(run_label(seeds[0]), "-")] if versus else [])
         )  # fmt: skip
     return [
         f"## {dataset}: LMM4Rec (pre-trained, fine-tuned, end-to-end encoders)",
@@ -243,21 +209,8 @@ def lmm4rec_section(dataset: str, recs: list[dict[str, Any]], features: dict[str
         "",
         markdown_table(table, header),
         "",
-        *([significance_note(TESTED_METRIC), ""] if versus else []),
+        *([significance_note(TESTED_METRIC, max(len(r) for r in runs)), ""] if versus else []),
     ]
-
-
-def collect_sequential(cfg: pipeline.PipelineConfig, runs_root: Path) -> list[dict[str, Any]]:
-    """The evaluation of every enabled transfer run (target x sequential model x variant) that exists,
-    with its model and per-user file."""
-    out = []
-    for target in cfg.transfer_targets:
-        for model in cfg.pretrain_models:
-            for variant in cfg.transfer_variants:
-                files = RunFiles(run_dir(target, model, variant, runs=runs_root))
-                if files.evaluation.is_file():
-                    out.append({**read_json(files.evaluation), "model": model, "per_user": files.per_user})
-    return out
 
 
 SEQ_TABLE = ("hr@10", "ndcg@10", "hr@20", "ndcg@20")  # PMMRec reports HR/NDCG@10
@@ -296,18 +249,21 @@ def sequential_sections(cfg: pipeline.PipelineConfig, records: list[dict[str, An
                 ]
         several = len(models) > 1
 
-        runs = [(seq_label(r, several), r["test"].get(SEQ_TESTED_METRIC), r["per_user"]) for r in recs]
-        versus = versus_best(runs, SEQ_TESTED_METRIC)
+        def label(rec: dict[str, Any], several: bool = several) -> str:
+            return seq_label(rec, several)
+
+        runs = by_run(recs, label)
+        versus = versus_best(compared(runs, SEQ_TESTED_METRIC, label), SEQ_TESTED_METRIC)
         header = ["variant", "item tower", "pre-trained part", *SEQ_TABLE, "valid hr@10", "best epoch", "s/epoch",
                   "encoder params trained"] + (["vs best"] if versus else [])  # fmt: skip
         rows = [
-            [seq_label(r, several), r["item_tower"], r["pretrain_part"], *(f"{r['test'][m]:.4f}" for m in SEQ_TABLE),
-             f"{r['valid'].get('hr@10', float('nan')):.4f}", str(r["best_epoch"]), f"{r['seconds_per_epoch']:.2f}",
-             f"{r['encoder_params_trained']:,}"] + ([versus.get(seq_label(r, several), "-")] if versus else [])
-            for r in recs
+            [label(r[0]), r[0]["item_tower"], r[0]["pretrain_part"], *(cell(r, "test", m) for m in SEQ_TABLE),
+             cell(r, "valid", "hr@10"), epochs_cell(r), per_epoch(r, 2), f"{r[0]['encoder_params_trained']:,}"]
+            + ([versus.get(label(r[0]), "-")] if versus else [])
+            for r in runs
         ]  # fmt: skip
         md += [markdown_table(rows, header), ""]
-        md += [significance_note(SEQ_TESTED_METRIC), ""] if versus else []
+        md += [significance_note(SEQ_TESTED_METRIC, max(len(r) for r in runs)), ""] if versus else []
         md += ["Every metric at every cut-off: sequential.csv.", ""]
     return md
 
@@ -330,6 +286,8 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
         "Full-ranking test metrics (MMRec definitions, training items masked), and the best validation value that "
         "chose the epoch. Every metric of every run is in results.csv. Generated by `dvc repro`; do not edit.",
         "",
+        seeds_sentence(cfg.seeds),
+        "",
     ]
     csv_rows = []
     for dataset in cfg.train_datasets:
@@ -346,11 +304,7 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
             if not recs:
                 continue
             md += dataset_section(dataset, setting, recs, published, valid_metric)
-            csv_rows += [
-                {"dataset": dataset, "setting": setting, "model": r["model"], "feature_set": r.get("feature_set") or "",
-                 **r["test"]}
-                for r in recs
-            ]  # fmt: skip
+            csv_rows += [csv_row(r) for r in recs]
             if setting == "cold":
                 # each model once, though it may have several warm runs (feature sets, LMM4Rec's paradigms)
                 skipped = dict.fromkeys(
@@ -369,11 +323,7 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
         lmm = [r for r in records if r["dataset"] == dataset and r["group"] in LMM_GROUPS]
         if lmm:
             md += lmm4rec_section(dataset, lmm, params.get("features") or {}, valid_metric)
-            csv_rows += [
-                {"dataset": dataset, "setting": r["setting"], "model": r["model"], "feature_set": r["feature_set"],
-                 **r["test"]}
-                for r in lmm
-            ]  # fmt: skip
+            csv_rows += [csv_row(r) for r in lmm]
 
     md += sequential_sections(cfg, sequential, runs_root)
     out_root.mkdir(parents=True, exist_ok=True)
@@ -382,17 +332,20 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
     seq_columns = sorted(
         {k for r in sequential for k in r["test"]}, key=lambda k: (k.split("@")[0], int(k.split("@")[1]))
     )
-    writer = csv.DictWriter(seq_buf, fieldnames=["dataset", "model", "variant", *seq_columns], lineterminator="\n")
+    writer = csv.DictWriter(
+        seq_buf, fieldnames=["dataset", "model", "variant", "seed", *seq_columns], lineterminator="\n"
+    )
     writer.writeheader()
     writer.writerows(
-        {"dataset": r["target"], "model": r["model"], "variant": r["variant"], **r["test"]} for r in sequential
+        {"dataset": r["target"], "model": r["model"], "variant": r["variant"], "seed": r["seed"], **r["test"]}
+        for r in sequential
     )
     write_text(files.sequential_csv, seq_buf.getvalue())
     with atomic_dir(files.plots) as tmp:
         plots = plot_curves([r for r in records if r["group"] not in LMM_GROUPS], tmp, valid_metric)
     buf = io.StringIO()
     writer = csv.DictWriter(
-        buf, fieldnames=["dataset", "setting", "model", "feature_set", *columns], lineterminator="\n"
+        buf, fieldnames=["dataset", "setting", "model", "feature_set", "seed", *columns], lineterminator="\n"
     )
     writer.writeheader()
     writer.writerows(csv_rows)

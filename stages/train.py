@@ -1,6 +1,7 @@
 """Stage `train`: fit one model on one setting's training split; keep the best checkpoint by validation.
 
-One stage per (dataset, model, setting[, feature set]). Writes, under `runs/<ds>/<model>/[<set>/]<setting>/`:
+One stage per (dataset, model, setting[, feature set], seed of `pipeline.seeds`). Writes, under
+`runs/<ds>/<model>/[<set>/]<setting>/seed-<n>/`:
 `model.pt` (best state, hyperparameters, best epoch; byte-identical for equal weights, so a colleague's
 re-run matches the remote's hash), `history.csv` (one row per epoch: loss, validation metrics,
 seconds, for `dvc plots`), `train.json` (best epoch, best validation metrics: what evaluate reads, the
@@ -14,7 +15,7 @@ The training protocol is `train.common` (MMRec's: 1000 epochs, patience 20), cha
 Group `e2e` (LMM4Rec's end-to-end paradigm, `pipeline.e2e_models`) trains a model with `end_to_end =
 True` together with the dual encoder of `train.e2e` (`models/core/end_to_end.py`): the model reads the
 items' text (items.parquet) and images (images.lmdb) through the encoder instead of a feature set, and
-its run folder is `runs/<ds>/<model>/e2e/<setting>/`. A kNN-based model (LATTICE) gets its item graph
+its run folder is `runs/<ds>/<model>/e2e/<setting>/seed-<n>/`. A kNN-based model (LATTICE) gets its item graph
 from the encoder's initial features.
 
 `train.processes: N` (N > 1) runs the stage as N torchrun processes with DistributedDataParallel (gloo
@@ -27,6 +28,7 @@ from __future__ import annotations
 import sys
 import time
 from collections.abc import Mapping
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +50,7 @@ from models.core.base import HParams
 from models.core.end_to_end import EndToEnd
 from models.core.registry import model_config
 from models.core.trainer import TrainConfig, fit
+from stages.common import pipeline
 from stages.common.params import declared, load_params, run_stage, stage_parser
 from stages.common.run import (
     E2E,
@@ -65,26 +68,37 @@ from stages.common.run import (
 log = get_logger("train")
 
 
-def param_keys(dataset: str, model: str, setting: str, group: str, feature_set: str | None = None) -> list[str]:
+def param_keys(
+    dataset: str, model: str, setting: str, group: str, seed: str, feature_set: str | None = None
+) -> list[str]:
     keys = ["train.common", "train.datasets", "train.num_threads", "train.device", "train.processes", f"train.{model}"]
     return keys + (E2E_KEYS if group == E2E else []) + (["pipeline.modalities"] if group != "id" else [])
 
 
 def training_config(spec: RunSpec, params: dict[str, Any]) -> tuple[HParams, TrainConfig]:
     """The model's validated hyperparameters and the trainer settings for this dataset and model."""
-    train = declared(params, param_keys(spec.dataset, spec.model, spec.setting, spec.group)).get("train") or {}
+    train = (
+        declared(params, param_keys(spec.dataset, spec.model, spec.setting, spec.group, str(spec.seed))).get("train")
+        or {}
+    )
     hp, trainer_overrides = model_config(spec.model, train.get(spec.model), spec.setting)
     per_dataset = train.get("datasets") or {}
     if not isinstance(per_dataset, Mapping):
         raise ParamsError(
             f"params.yaml: train.datasets = {per_dataset!r}: expected a mapping of dataset -> train.common keys"
         )
-    where = f"train.common (+ train.datasets.{spec.dataset}, train.{spec.model}.trainer)"
-    blocks = [train.get("common"), per_dataset.get(spec.dataset), trainer_overrides]
+    blocks = {
+        "train.common": train.get("common"),
+        f"train.datasets.{spec.dataset}": per_dataset.get(spec.dataset),
+        f"train.{spec.model}.trainer": trainer_overrides,
+    }
     if spec.group == E2E:
-        where = where[:-1] + ", train.e2e.trainer)"
-        blocks.append((train.get("e2e") or {}).get("trainer"))
-    return hp, TrainConfig.from_params(*blocks, where=where)
+        blocks["train.e2e.trainer"] = (train.get("e2e") or {}).get("trainer")
+    for key, block in blocks.items():
+        pipeline.refuse_seed(block, key)
+    where = f"{next(iter(blocks))} (+ {', '.join(list(blocks)[1:])})"
+    cfg = TrainConfig.from_params(*blocks.values(), where=where)
+    return hp, replace(cfg, seed=spec.seed)
 
 
 def run(
@@ -92,13 +106,14 @@ def run(
     model: str,
     setting: str,
     group: str,
+    seed: int,
     params: dict[str, Any],
     feature_set: str | None = None,
     processed: Path = PROCESSED,
     runs: Path = RUNS,
 ) -> dict[str, Any]:
     start = time.perf_counter()
-    spec = run_spec(dataset, model, setting, group, feature_set, params, runs)
+    spec = run_spec(dataset, model, setting, group, seed, feature_set, params, runs)
     hp, cfg = training_config(spec, params)
     use_threads(spec.num_threads)
     data, split = load_data(spec, processed)
@@ -113,6 +128,7 @@ def run(
     summary = {
         "model": model,
         "setting": setting,
+        "seed": spec.seed,
         "feature_set": spec.feature_set,
         "device": str(spec.device),
         "processes": world,

@@ -2,11 +2,12 @@
 target dataset, starting from its pre-trained checkpoint or from scratch, and evaluate it on the
 target's test users.
 
-`python -m stages.transfer --target <ds> --model <m> --variant <v>`; the variant (`seq.variants.<v>`)
+`python -m stages.transfer --target <ds> --model <m> --variant <v> --seed <n>`; the variant (`seq.variants.<v>`)
 sets `pretrain_part` (none: from scratch; full, item_encoder, user_encoder: PMMRec's three ways to
 transfer from `runs/pretrain/<m>/model.pt`, loading only tensors whose name and shape match),
 `overrides` of `train.<m>` (e.g. item_tower: id for SASRec, text or image for the single-modality
-settings) and `train` changes to `seq.train`. Writes `runs/<target>/<m>/<variant>/`: `model.pt`, `history.csv`,
+settings) and `train` changes to `seq.train`. Writes `runs/<target>/<m>/<variant>/seed-<n>/` (one run
+per seed of pipeline.seeds, all from the one pre-trained model): `model.pt`, `history.csv`,
 `train.json`, `evaluation.json` (HR and NDCG at every K, valid and test), `metrics.json` (the headline:
 HR@10 and NDCG@10, test and best validation), `topk.parquet` and `per_user.parquet` (each test user's
 HR and NDCG, for the report's paired tests).
@@ -30,7 +31,7 @@ from mmpipe.paths import PROCESSED, RUNS, DatasetDir, RunFiles, pretrain_dir, ru
 from mmpipe.threads import use_threads
 from models.core.evaluator import per_user_metrics
 from models.seq.trainer import fit_sequential, rank_users
-from stages.common import sequential
+from stages.common import pipeline, sequential
 from stages.common.params import declared, run_stage
 
 log = get_logger("transfer")
@@ -38,19 +39,26 @@ log = get_logger("transfer")
 HEADLINE = ("hr@10", "ndcg@10")  # PMMRec's metrics
 
 
-def param_keys(target: str, model: str, variant: str) -> list[str]:
+def param_keys(target: str, model: str, variant: str, seed: str) -> list[str]:
     return [*sequential.common_keys(model), f"seq.variants.{variant}"]
 
 
 def run(
-    target: str, model: str, variant: str, params: dict[str, Any], processed: Path = PROCESSED, runs: Path = RUNS
+    target: str,
+    model: str,
+    variant: str,
+    seed: int,
+    params: dict[str, Any],
+    processed: Path = PROCESSED,
+    runs: Path = RUNS,
 ) -> dict[str, Any]:
     start = time.perf_counter()
+    seed = pipeline.seed_arg(seed)
     cls = sequential.model_class(model, "pipeline.pretrain_models (transferred)")
-    params = declared(params, param_keys(target, model, variant))
+    params = declared(params, param_keys(target, model, variant, str(seed)))
     spec = sequential.read_variant(params, variant)
     hp = sequential.model_hparams(params, model, spec.overrides)
-    cfg = sequential.train_config(params, spec.train, where=f"seq.train (+ seq.variants.{variant}.train)")
+    cfg = sequential.train_config(params, spec.train, where=f"seq.train (+ seq.variants.{variant}.train)", seed=seed)
     device, threads, allow_download = sequential.runtime(params)
     use_threads(threads)
     rank, world = init_distributed(device)
@@ -74,6 +82,7 @@ def run(
     summary = {
         "target": target,
         "variant": variant,
+        "seed": seed,
         "sources": sources,
         "pretrain_part": spec.pretrain_part,
         "item_tower": cls.item_tower(hp),
@@ -85,7 +94,7 @@ def run(
     }
     summary["train_seconds"] = round(time.perf_counter() - start, 2)
     if rank == 0:
-        out = run_dir(target, model, variant, runs=runs)
+        out = run_dir(target, model, variant, seed, runs=runs)
         files = RunFiles(out)
         sequential.write_run(out, result, hp, cfg, summary)
         evaluation = {**summary, "test": {k: round(v, 6) for k, v in test.items()}, "valid": summary["best_valid"]}
@@ -120,7 +129,7 @@ def run(
 
 
 def main(argv: list[str] | None = None) -> int:
-    return run_stage(__doc__, run, ("target", "model", "variant"), argv, param_keys=param_keys)
+    return run_stage(__doc__, run, ("target", "model", "variant", "seed"), argv, param_keys=param_keys)
 
 
 if __name__ == "__main__":

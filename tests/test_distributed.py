@@ -62,9 +62,9 @@ def run_train_stage(work: Path, params: dict, model: str) -> dict:
     (work / "params.yaml").write_text(yaml.safe_dump(params))
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "MMPIPE_PROGRESS": "0", "PYTHONPATH": str(ROOT)}
     command = [sys.executable, "-m", "stages.train", "--dataset", "demo", "--model", model, "--setting", "warm",
-               "--group", "id"]  # fmt: skip
+               "--group", "id", "--seed", "2026"]  # fmt: skip
     run_stage_command(command, work, env)
-    return read_json(work / f"runs/demo/{model}/warm/train.json")
+    return read_json(work / f"runs/demo/{model}/warm/seed-2026/train.json")
 
 
 def test_train_stage_under_torchrun_with_two_processes(params, demo_project, tmp_path):
@@ -82,7 +82,7 @@ def test_train_stage_under_torchrun_with_two_processes(params, demo_project, tmp
         params["train"]["processes"] = processes
         results[processes] = run_train_stage(work, params, "lightgcn")
         assert results[processes]["processes"] == processes
-        assert (work / "runs/demo/lightgcn/warm/model.pt").is_file()
+        assert (work / "runs/demo/lightgcn/warm/seed-2026/model.pt").is_file()
     floors = ranking_floors(demo_project / "processed/demo", split=1)
     for processes, result in results.items():
         assert result["best_valid"]["recall@20"] > floors.learned, (processes, result["best_valid"], floors)

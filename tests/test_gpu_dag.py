@@ -50,14 +50,14 @@ def test_the_tiny_dag_runs_on_the_device(tmp_path):
     floors = ranking_floors(root / "processed/demo")
     for run in ("bpr/warm", "lightgcn/warm", "vbpr/default/warm", "itemknn/default/warm", "freedom/default/warm",
                 "bm3/clip_ft/warm", "vbpr/e2e/warm"):  # fmt: skip
-        folder = root / "runs/demo" / run
+        folder = root / "runs/demo" / run / "seed-2026"
         assert json.loads((folder / "train.json").read_text())["device"].startswith(DEVICE), run
         recall = json.loads((folder / "evaluation.json").read_text())["test"]["recall@20"]
         assert recall > floors.learned, (run, recall, floors)
     for variant in ("sasrec", "full"):
-        summary = json.loads((root / f"runs/demo/pmmrec/{variant}/train.json").read_text())
+        summary = json.loads((root / f"runs/demo/pmmrec/{variant}/seed-2026/train.json").read_text())
         assert summary["device"].startswith(DEVICE)
-        evaluation = json.loads((root / f"runs/demo/pmmrec/{variant}/evaluation.json").read_text())
+        evaluation = json.loads((root / f"runs/demo/pmmrec/{variant}/seed-2026/evaluation.json").read_text())
         assert evaluation["test"]["hr@50"] > 0
     stats = json.loads((root / "processed/demo/finetune_stats.json").read_text())
     assert stats["device"].startswith(DEVICE)

@@ -42,7 +42,7 @@ def project(demo_project, tmp_path) -> Path:
 
 
 def build(project: Path, model: str, params: dict[str, Any]) -> EndToEnd:
-    spec = run_spec("demo", model, "warm", "e2e", None, params, project / "runs")
+    spec = run_spec("demo", model, "warm", "e2e", 2026, None, params, project / "runs")
     hp, _ = train.training_config(spec, params)
     data, _ = load_data(spec, project / "processed")
     torch.manual_seed(0)
@@ -104,11 +104,11 @@ def test_e2e_stages_train_evaluate_and_report(project):
     params = lmm_params(project)
     params["train"]["e2e"]["trainer"] = {"epochs": 20, "patience": 5, "lr": 0.03}  # enough to clear chance
     processed, runs = project / "processed", project / "runs"
-    summary = train.run("demo", "vbpr", "warm", "e2e", params, processed=processed, runs=runs)
+    summary = train.run("demo", "vbpr", "warm", "e2e", 2026, params, processed=processed, runs=runs)
     assert summary["encoder_params_trained"] > 0 and summary["feature_set"] == "e2e"
-    result = evaluate.run("demo", "vbpr", "warm", "e2e", params, processed=processed, runs=runs)
+    result = evaluate.run("demo", "vbpr", "warm", "e2e", 2026, params, processed=processed, runs=runs)
     assert result["encoder_params_trained"] == summary["encoder_params_trained"]
-    assert (runs / "demo/vbpr/e2e/warm/metrics.json").is_file()
+    assert (runs / "demo/vbpr/e2e/warm/seed-2026/metrics.json").is_file()
     floors = ranking_floors(processed / "demo")
     assert result["test"]["recall@20"] > floors.learned, (result["test"]["recall@20"], floors)
     params["pipeline"].update(id_models=[], feature_models=[], graph_models=[], cold_feature_models=[],
@@ -122,9 +122,9 @@ def test_e2e_stages_train_evaluate_and_report(project):
 def test_e2e_group_rejects_a_model_without_an_end_to_end_variant(project):
     params = lmm_params(project)
     with pytest.raises(ParamsError, match="lightgcn', which has no end-to-end variant"):
-        run_spec("demo", "lightgcn", "warm", "e2e", None, params)
+        run_spec("demo", "lightgcn", "warm", "e2e", 2026, None, params)
     with pytest.raises(ParamsError, match="reads no feature set"):
-        run_spec("demo", "vbpr", "warm", "e2e", "default", params)
+        run_spec("demo", "vbpr", "warm", "e2e", 2026, "default", params)
 
 
 def test_features_stage_reads_the_fine_tuned_encoder_and_rekeys_its_cache(project):
@@ -201,7 +201,7 @@ def test_end_to_end_training_and_fine_tuning_on_the_gpu(project, precision):
     for device in ("cpu", "cuda"):
         params["train"]["device"] = device
         runs = project / f"runs-{device}"
-        summary = train.run("demo", "bm3", "warm", "e2e", params, processed=project / "processed", runs=runs)
+        summary = train.run("demo", "bm3", "warm", "e2e", 2026, params, processed=project / "processed", runs=runs)
         assert summary["device"].startswith(device)
         out[device] = summary["best_valid"]["recall@20"]
     assert abs(out["cuda"] - out["cpu"]) <= 0.05 + 0.1 * out["cpu"], out

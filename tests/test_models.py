@@ -14,6 +14,7 @@ import scipy.sparse as sp
 import torch
 import yaml
 
+from mmpipe.paths import run_dir
 from models.core.base import HParams, TrainData
 from models.core.data import load_train_data
 from models.core.graph import bipartite_adjacency, self_loop_row_normalize, sparse_tensor
@@ -226,9 +227,9 @@ def test_evaluate_refuses_weights_that_are_not_the_best_epochs(params, demo_read
     """The evaluate stage re-scores the checkpoint on the validation split: the best epoch's weights
     reproduce train.json's best; the last epoch's (a trainer that forgot to keep the best) are refused."""
     params["train"]["common"].update(epochs=60, patience=3, lr=0.05)
-    summary = train.run("demo", "bpr", "warm", "id", params, processed=demo_ready, runs=tmp_path / "good")
+    summary = train.run("demo", "bpr", "warm", "id", 2026, params, processed=demo_ready, runs=tmp_path / "good")
     assert summary["best_epoch"] < summary["epochs_run"]  # the last epoch is not the best one
-    result = evaluate.run("demo", "bpr", "warm", "id", params, processed=demo_ready, runs=tmp_path / "good")
+    result = evaluate.run("demo", "bpr", "warm", "id", 2026, params, processed=demo_ready, runs=tmp_path / "good")
     assert result["valid"] == summary["best_valid"]
 
     real_fit = train.fit
@@ -238,10 +239,10 @@ def test_evaluate_refuses_weights_that_are_not_the_best_epochs(params, demo_read
         return dataclasses.replace(result, best_state=state_on_cpu(model))
 
     monkeypatch.setattr(train, "fit", keeps_the_last_epoch)
-    train.run("demo", "bpr", "warm", "id", params, processed=demo_ready, runs=tmp_path / "bad")
+    train.run("demo", "bpr", "warm", "id", 2026, params, processed=demo_ready, runs=tmp_path / "bad")
     with pytest.raises(RuntimeError, match=r"model.pt: the saved weights do not reproduce the best validation"):
-        evaluate.run("demo", "bpr", "warm", "id", params, processed=demo_ready, runs=tmp_path / "bad")
-    assert not (tmp_path / "bad/demo/bpr/warm/evaluation.json").exists()
+        evaluate.run("demo", "bpr", "warm", "id", 2026, params, processed=demo_ready, runs=tmp_path / "bad")
+    assert not (tmp_path / "bad/demo/bpr/warm/seed-2026/evaluation.json").exists()
 
 
 def test_training_is_reproducible_across_processes(params, demo_ready, tmp_path):
@@ -249,17 +250,17 @@ def test_training_is_reproducible_across_processes(params, demo_ready, tmp_path)
     script = (
         "import sys, yaml; from pathlib import Path; from stages import train; "
         "p = yaml.safe_load(open(sys.argv[1])); "
-        "train.run('demo', 'lightgcn', 'warm', 'id', p, processed=Path(sys.argv[2]), runs=Path(sys.argv[3]))"
+        "train.run('demo', 'lightgcn', 'warm', 'id', 2026, p, processed=Path(sys.argv[2]), runs=Path(sys.argv[3]))"
     )
     params["train"]["common"].update(epochs=2)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
     for run in ("a", "b"):
         args = [sys.executable, "-c", script, str(tmp_path / "params.yaml"), str(demo_ready), str(tmp_path / run)]
         subprocess.run(args, check=True, capture_output=True, cwd=ROOT)
-    sa = torch.load(tmp_path / "a/demo/lightgcn/warm/model.pt")["state_dict"]
-    sb = torch.load(tmp_path / "b/demo/lightgcn/warm/model.pt")["state_dict"]
+    sa = torch.load(tmp_path / "a/demo/lightgcn/warm/seed-2026/model.pt")["state_dict"]
+    sb = torch.load(tmp_path / "b/demo/lightgcn/warm/seed-2026/model.pt")["state_dict"]
     assert all(torch.equal(sa[k], sb[k]) for k in sa)
-    a, b = (tmp_path / run / "demo/lightgcn/warm/model.pt" for run in ("a", "b"))
+    a, b = (tmp_path / run / "demo/lightgcn/warm/seed-2026/model.pt" for run in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()  # nothing run-specific (file name, timings) inside
 
 
@@ -269,20 +270,20 @@ def test_cut_offs_above_the_catalogue_are_refused_before_training_and_scoring(pa
     another name)."""
     params["train"]["common"]["valid_ks"] = [10, 100]
     with pytest.raises(ValueError, match=r"train.common.valid_ks \(with valid_metric\) has cut-off\(s\) \[100\] above"):
-        train.run("demo", "pop", "warm", "id", params, processed=demo_ready, runs=tmp_path)
-    assert not (tmp_path / "demo/pop/warm").exists()
+        train.run("demo", "pop", "warm", "id", 2026, params, processed=demo_ready, runs=tmp_path)
+    assert not (tmp_path / "demo/pop/warm/seed-2026").exists()
     params["train"]["common"]["valid_ks"] = [10, 20]
-    train.run("demo", "pop", "warm", "id", params, processed=demo_ready, runs=tmp_path)
+    train.run("demo", "pop", "warm", "id", 2026, params, processed=demo_ready, runs=tmp_path)
     params["evaluate"]["topk"] = [5, 67]
     with pytest.raises(ValueError, match=r"evaluate.topk has cut-off\(s\) \[67\] above the catalogue's 66 items"):
-        evaluate.run("demo", "pop", "warm", "id", params, processed=demo_ready, runs=tmp_path)
+        evaluate.run("demo", "pop", "warm", "id", 2026, params, processed=demo_ready, runs=tmp_path)
 
 
 def test_model_in_the_wrong_group_is_rejected(params, demo_ready, tmp_path):
     with pytest.raises(ValueError, match=r"model 'vbpr' reads 'feat' inputs.*pipeline.feature_models"):
-        train.run("demo", "vbpr", "warm", "id", params, processed=demo_ready, runs=tmp_path)
+        train.run("demo", "vbpr", "warm", "id", 2026, params, processed=demo_ready, runs=tmp_path)
     with pytest.raises(ValueError, match="cannot score cold items"):
-        train.run("demo", "bpr", "cold", "id", params, processed=demo_ready, runs=tmp_path)
+        train.run("demo", "bpr", "cold", "id", 2026, params, processed=demo_ready, runs=tmp_path)
     with pytest.raises(ValueError, match=r"unknown key 'epochz' \(known: seed, epochs, patience"):
         TrainConfig.from_params({"epochz": 3})
 
@@ -386,3 +387,19 @@ def test_a_params_value_wins_over_the_hparams_default_and_a_missing_key_takes_it
         for key, value in given.items():  # every value written in params.yaml is the one the run gets
             got = getattr(hp, key)
             assert (list(got) if isinstance(got, tuple) else got) == value, (name, key, got, value)
+
+
+def test_each_seed_is_its_own_run_folder_and_training(params, demo_ready, tmp_path):
+    """The same model on two seeds: two folders, different weights, each seed named in train.json; a seed
+    run again gives the same checkpoint bytes."""
+    params["train"]["common"].update(epochs=2)
+    for seed in (1, 2):
+        train.run("demo", "bpr", "warm", "id", seed, params, processed=demo_ready, runs=tmp_path)
+    one, two = (run_dir("demo", "bpr", "warm", s, runs=tmp_path) for s in (1, 2))
+    assert one == tmp_path / "demo/bpr/warm/seed-1" and two.name == "seed-2"
+    assert yaml.safe_load((one / "train.json").read_text())["seed"] == 1
+    a, b = (torch.load(d / "model.pt", weights_only=True)["state_dict"] for d in (one, two))
+    assert not all(torch.equal(a[k], b[k]) for k in a)
+    first = (one / "model.pt").read_bytes()
+    train.run("demo", "bpr", "warm", "id", 1, params, processed=demo_ready, runs=tmp_path)
+    assert (one / "model.pt").read_bytes() == first

@@ -66,14 +66,14 @@ def test_a_dataset_with_one_modality_runs_every_stage(modality, tmp_path, params
         group, setting = MODEL_LISTS[list_name]
         feature_set = None if group == "id" else "default"
         for model in models:
-            train.run("demo", model, setting, group, params, feature_set, processed, runs)
-            result = evaluate.run("demo", model, setting, group, params, feature_set, processed, runs)
+            train.run("demo", model, setting, group, 2026, params, feature_set, processed, runs)
+            result = evaluate.run("demo", model, setting, group, 2026, params, feature_set, processed, runs)
             assert 0.0 <= result["test"]["recall@20"] <= 1.0
     text = report.run(params, runs, tmp_path / "reports")
     assert "| lattice (default) |" in text and "| micro (default) |" in text
     floors = ranking_floors(processed / "demo")
     for model in ("bpr", "lattice", "freedom", "micro"):  # trained on one modality (bpr: none), warm
-        folder = "bpr/warm" if model == "bpr" else f"{model}/default/warm"
+        folder = "bpr/warm/seed-2026" if model == "bpr" else f"{model}/default/warm/seed-2026"
         recall = read_json(runs / f"demo/{folder}/evaluation.json")["test"]["recall@20"]
         assert recall > floors.learned, (model, recall, floors)
 
@@ -90,7 +90,7 @@ def test_a_model_that_needs_a_missing_modality_says_which(tmp_path, params, demo
     with pytest.raises(
         ValueError, match=r"model 'rearm' needs image and text features; the dataset has no \['image'\]"
     ):
-        train.run("demo", "rearm", "warm", "graph", params, "default", processed, tmp_path / "runs")
+        train.run("demo", "rearm", "warm", "graph", 2026, params, "default", processed, tmp_path / "runs")
     params["train"]["vbpr"]["modalities"] = ["text", "image"]
     with pytest.raises(ValueError, match=r"train.vbpr.modalities asks for image, which pipeline.modalities \(text\)"):
         check.run(params, out=tmp_path / "params.checked")

@@ -123,6 +123,7 @@ def test_full_repro_builds_every_output(project):
         assert (p / rel).is_file(), rel
     runs = {"bpr/warm", "lightgcn/warm", "vbpr/default/warm", "vbpr/default/cold", "itemknn/default/warm",
             "itemknn/default/cold"}  # fmt: skip
+    runs = {f"{run}/seed-2026" for run in runs}  # the tour's one seed (pipeline.seeds)
     for run in runs:
         evaluation = json.loads((p / f"runs/demo/{run}/evaluation.json").read_text())
         for name in ("recall", "ndcg", "precision", "map"):
@@ -132,11 +133,11 @@ def test_full_repro_builds_every_output(project):
         assert evaluation["users_evaluated"] > 0
         assert evaluation["valid"]["recall@20"] > 0  # the best validation value beside test
         assert (p / f"runs/demo/{run}/history.csv").read_text().startswith("epoch,")
-    bpr = json.loads((p / "runs/demo/bpr/warm/evaluation.json").read_text())
+    bpr = json.loads((p / "runs/demo/bpr/warm/seed-2026/evaluation.json").read_text())
     assert "not supported" in bpr["cold_start"]
     floors = ranking_floors(p / "processed/demo")
     assert floors.popularity > floors.learned  # the demo has structure to learn
-    for run in sorted(r for r in runs if r.endswith("/warm")):  # cold runs rank other items: tests/test_models.py
+    for run in sorted(r for r in runs if "/warm/" in r):  # cold runs rank other items: tests/test_models.py
         recall = json.loads((p / f"runs/demo/{run}/evaluation.json").read_text())["test"]["recall@20"]
         assert recall > floors.learned, (run, recall, floors)
     report = (p / "reports/results.md").read_text()
@@ -145,7 +146,7 @@ def test_full_repro_builds_every_output(project):
     shown = next(iter(project.json("dvc", "metrics", "show", "--json").values()))["data"]  # the workspace
     # only the runs' headline metrics are DVC metrics: test and best-validation recall/ndcg@20
     assert set(shown) == {f"runs/demo/{run}/metrics.json" for run in runs} | {
-        "runs/demo/freedom/default/warm/metrics.json"
+        "runs/demo/freedom/default/warm/seed-2026/metrics.json"
     }
     assert (p / "processed/demo/finetuned/encoder/model.safetensors").is_file()  # every train dataset's
     for run in runs:
@@ -176,9 +177,9 @@ def test_second_repro_does_nothing(project):
 def test_retraining_to_the_same_weights_reruns_only_the_report(project):
     """A forced re-train gives the same model.pt and train.json (the seconds are in train_times.json, which
     only the report reads), so evaluate does not run again; the report does (it shows the new seconds)."""
-    run = project.path / "runs/demo/lightgcn/warm"
+    run = project.path / "runs/demo/lightgcn/warm/seed-2026"
     before = {name: (run / name).read_bytes() for name in ("model.pt", "train.json", "evaluation.json")}
-    project.sh("dvc", "repro", "--force", "--single-item", address("train_id@demo-lightgcn", project.path))
+    project.sh("dvc", "repro", "--force", "--single-item", address("train_id@demo-lightgcn-2026", project.path))
     assert {name: (run / name).read_bytes() for name in before} == before
     assert project.repro() == {"report"}
 
@@ -186,4 +187,4 @@ def test_retraining_to_the_same_weights_reruns_only_the_report(project):
 def test_lightgcn_layers_rerun_only_lightgcn_and_report(project):
     project.set_param("train.lightgcn.n_layers", 1)
     # `check` validates every train block before anything else runs; its unchanged output re-runs nothing
-    assert project.repro() == {"check", "train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"}
+    assert project.repro() == {"check", "train_id@demo-lightgcn-2026", "evaluate_id@demo-lightgcn-2026", "report"}

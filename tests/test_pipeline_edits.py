@@ -43,7 +43,7 @@ def test_lmm4rec_stages_run_in_the_dag(project):
     assert (p / "processed/demo/features/clip_ft/image.parquet").is_file()
     shown = next(iter(project.json("dvc", "metrics", "show", "--json").values()))["data"]
     floors = ranking_floors(p / "processed/demo")
-    for run in ("bm3/clip_ft/warm", "vbpr/e2e/warm"):
+    for run in ("bm3/clip_ft/warm/seed-2026", "vbpr/e2e/warm/seed-2026"):
         recall = shown[f"runs/demo/{run}/metrics.json"]["data"]["test"]["recall@20"]
         assert recall > floors.learned, (run, recall, floors)
     report = (p / "reports/results.md").read_text()
@@ -93,7 +93,7 @@ def test_push_pull_round_trip_into_a_fresh_clone(project, tmp_path):
     assert "Running stage" not in out
     for rel in (
         "processed/demo/feature_cache/default-text.lmdb",
-        "runs/demo/vbpr/default/cold/model.pt",
+        "runs/demo/vbpr/default/cold/seed-2026/model.pt",
         "raw/demo/images",
     ):
         assert (clone / rel).exists(), rel
@@ -102,10 +102,10 @@ def test_push_pull_round_trip_into_a_fresh_clone(project, tmp_path):
 def test_exp_run_with_set_param_and_show(project):
     out = project.sh("dvc", "exp", "run", "-S", "train.lightgcn.n_layers=2")
     assert stages_run(out) == {
-        "check", "train_id@demo-lightgcn", "evaluate_id@demo-lightgcn", "report"
+        "check", "train_id@demo-lightgcn-2026", "evaluate_id@demo-lightgcn-2026", "report"
     }  # fmt: skip
     rows = project.json("dvc", "exp", "show", "--json")
-    metric = "runs/demo/lightgcn/warm/metrics.json"
+    metric = "runs/demo/lightgcn/warm/seed-2026/metrics.json"
     runs = {}
     for row in rows:
         for exp in [row, *(e for group in row.get("experiments") or [] for e in group.get("revs", []))]:
@@ -148,8 +148,9 @@ def test_readme_blocks_run_as_written(project):
     sweep_line = next(c for c in outputs if c.startswith("python -m mmpipe.sweep"))
     assert "chosen" in outputs[sweep_line], outputs[sweep_line]
     grid = list(csv.DictReader((project.path / "grid.csv").open()))
-    seeded = [r for r in grid if r["seed"] not in ("", "None")]  # the baseline and earlier runs have no seed
+    seeded = [r for r in grid if r["seed"] != "2026"]  # the baseline commit: the tour's seed (pipeline.seeds)
     assert {(r["train.freedom.reg_weight"], r["seed"]) for r in seeded} == {
         ("0", "1"), ("0", "2"), ("0.001", "1"), ("0.001", "2")
     }, grid  # fmt: skip
     assert all(float(r["test"]) > 0 for r in seeded), grid
+    assert len(grid) == len(seeded) + 1, grid  # the experiments' leftover seed-2026 files are not theirs

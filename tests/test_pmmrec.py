@@ -250,15 +250,15 @@ def test_pretrain_then_transfer_stages(seq_project, tmp_path):
     assert summary["encoder_params_trained"] > 0 and summary["encoder_params_frozen"] > 0
     assert torch.load(runs / "pretrain/pmmrec/model.pt", weights_only=True)["sources"] == ["demo"]
     for variant in ("scratch", "full", "sasrec"):
-        result = transfer.run("demo", "pmmrec", variant, params, root / "processed", runs)
-        evaluation = json.loads((runs / f"demo/pmmrec/{variant}/evaluation.json").read_text())
+        result = transfer.run("demo", "pmmrec", variant, 2026, params, root / "processed", runs)
+        evaluation = json.loads((runs / f"demo/pmmrec/{variant}/seed-2026/evaluation.json").read_text())
         assert evaluation["test"]["hr@50"] >= evaluation["test"]["hr@10"]
         assert evaluation["test"]["hr@10"] > chance + 3 * sd, (variant, evaluation["test"]["hr@10"], chance, sd)
         assert (result["tensors_transferred"] > 0) == (variant == "full")
         assert result["sources"] == (["demo"] if variant == "full" else None)
-        metrics = json.loads((runs / f"demo/pmmrec/{variant}/metrics.json").read_text())
+        metrics = json.loads((runs / f"demo/pmmrec/{variant}/seed-2026/metrics.json").read_text())
         assert set(metrics["test"]) == {"hr@10", "ndcg@10"}
-    assert json.loads((runs / "demo/pmmrec/sasrec/train.json").read_text())["encoder_params_trained"] == 0
+    assert json.loads((runs / "demo/pmmrec/sasrec/seed-2026/train.json").read_text())["encoder_params_trained"] == 0
 
 
 def test_sequences_of_several_sources_are_one_catalogue():
@@ -291,7 +291,7 @@ def test_pretraining_on_two_sources_and_a_changed_source_is_refused(seq_project,
     assert summary["items"] == 2 * one["items"] and summary["users"] == 2 * one["users"]
     checkpoint = torch.load(runs / "pretrain/pmmrec/model.pt", weights_only=True)
     assert checkpoint["sources"] == ["demo", "other"]
-    assert transfer.run("demo", "pmmrec", "full", params, root / "processed", runs)["tensors_transferred"] > 0
+    assert transfer.run("demo", "pmmrec", "full", 2026, params, root / "processed", runs)["tensors_transferred"] > 0
     # a source's items change after its record was written: pre-training stops, naming the file
     items = processed / "other/items.parquet"
     table = pq.read_table(items)
@@ -328,9 +328,9 @@ def test_a_transfer_run_is_byte_identical_whatever_ran_before(seq_project, tmp_p
     torch.manual_seed(123)  # another state of the global generator than the second run sees
     torch.rand(10)
     for name in ("a", "b"):
-        transfer.run("demo", "pmmrec", "scratch", params, root / "processed", tmp_path / name)
+        transfer.run("demo", "pmmrec", "scratch", 2026, params, root / "processed", tmp_path / name)
         torch.rand(7)
-    a, b = (tmp_path / name / "demo/pmmrec/scratch/model.pt" for name in ("a", "b"))
+    a, b = (tmp_path / name / "demo/pmmrec/scratch/seed-2026/model.pt" for name in ("a", "b"))
     assert a.read_bytes() == b.read_bytes()
 
 
@@ -407,8 +407,8 @@ def test_a_second_sequential_model_is_one_class(seq_project, tmp_path, request):
     pretrain_input.run("demo", params, root / "processed", runs)
     summary = pretrain.run("meanitems", params, root / "processed", runs)
     assert summary["encoder_params_trained"] == 0 and (runs / "pretrain/meanitems/model.pt").is_file()
-    result = transfer.run("demo", "meanitems", "full", params, root / "processed", runs)
+    result = transfer.run("demo", "meanitems", "full", 2026, params, root / "processed", runs)
     assert result["tensors_transferred"] == 3  # items.weight, user.weight, user.bias
-    assert json.loads((runs / "demo/meanitems/full/metrics.json").read_text())["test"]["hr@10"] >= 0
+    assert json.loads((runs / "demo/meanitems/full/seed-2026/metrics.json").read_text())["test"]["hr@10"] >= 0
     with pytest.raises(ParamsError, match="lists 'bpr', which reads 'id', not 'seq'"):
         pretrain.run("bpr", params, root / "processed", runs)

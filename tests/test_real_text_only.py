@@ -52,7 +52,7 @@ def test_real_2018_categories_run_end_to_end_as_text_only_datasets(tmp_path):
         assert images["stored"] == 0 and images["fetch"] == {
             "skipped": stats["items"] - stats["items_missing"]["image_url"]
         }
-        lattice = json.loads((project.path / f"runs/{name}/lattice/default/warm/evaluation.json").read_text())
-        pop = json.loads((project.path / f"runs/{name}/pop/warm/evaluation.json").read_text())
+        lattice = json.loads((project.path / f"runs/{name}/lattice/default/warm/seed-2026/evaluation.json").read_text())
+        pop = json.loads((project.path / f"runs/{name}/pop/warm/seed-2026/evaluation.json").read_text())
         assert lattice["test"]["recall@20"] > 0 and pop["test"]["recall@20"] > 0
     assert "## magazine: warm" in (project.path / "reports/results.md").read_text()

@@ -161,7 +161,12 @@ def test_pull_features_and_graphs_only_then_retrain(pushed, s3, tmp_path):
     # --allow-missing: stages whose outputs are absent but whose deps and params did not change are
     # skipped; --pull: what a stage that must run needs (interactions.parquet, ...) comes from the remote
     out = pushed.sh("dvc", "repro", "--allow-missing", "--pull", cwd=work)
-    assert ran(out) == {"check", "train_graph@demo-default-freedom", "evaluate_graph@demo-default-freedom", "report"}
+    assert ran(out) == {
+        "check",
+        "train_graph@demo-default-freedom-2026",
+        "evaluate_graph@demo-default-freedom-2026",
+        "report",
+    }
     assert not (work / "raw/demo").exists()  # nothing downloaded, by DVC or by the download stage
     assert (work / "processed/demo/feature_stats/default-text.json").read_bytes() == stats_before
 
@@ -193,7 +198,7 @@ def test_run_cache_restores_stages_without_uncached_reports(pushed, s3, tmp_path
     train.json, evaluation.json, ...) and the features stages (persisted LMDB cache) run again. Scenario 3
     works through the normal cache instead: the LMDB is pushed and pulled like any output.
     """
-    encoder, training = "demo_encoder@demo-clip", "train_id@demo-lightgcn"
+    encoder, training = "demo_encoder@demo-clip", "train_id@demo-lightgcn-2026"
     pushed.set_param("demo_encoders.demo-clip.seed", 7)
     pushed.set_param("train.lightgcn.n_layers", 1)
     assert {encoder, training} <= ran(pushed.sh("dvc", "repro", address(encoder), address(training)))

@@ -6,12 +6,13 @@ import json
 
 import pytest
 
+from mmpipe import significance
 from stages import report
-from stages.common import significance
 
 
-def write_run(root, dataset, model, setting, recall, scores_cold=True, epochs=3, feature_set="default"):
+def write_run(root, dataset, model, setting, recall, scores_cold=True, epochs=3, feature_set="default", seed=2026):
     run = root / dataset / model / feature_set / setting if feature_set else root / dataset / model / setting
+    run = run / f"seed-{seed}"
     run.mkdir(parents=True)
     metrics = {
         "model": model,
@@ -28,6 +29,7 @@ def write_run(root, dataset, model, setting, recall, scores_cold=True, epochs=3,
     (run / "train_times.json").write_text(json.dumps({"seconds_per_epoch": 0.5, "train_seconds": 0.5 * epochs}))
     rows = "\n".join(f"{e},0.5,{recall / 20 * e / epochs}" for e in range(1, epochs + 1))
     (run / "history.csv").write_text("epoch,loss,valid_recall@20\n" + rows + "\n")
+    return run
 
 
 def test_report_tables_published_numbers_and_plots(tmp_path, params):
@@ -56,7 +58,7 @@ def test_report_tables_published_numbers_and_plots(tmp_path, params):
     assert "lattice" not in text
     assert "Not evaluated on cold-start items (they cannot rank items unseen in training): bpr." in text
     csv_rows = (tmp_path / "reports/results.csv").read_text().splitlines()
-    assert csv_rows[0].startswith("dataset,setting,model,feature_set,recall@10,recall@20") and len(csv_rows) == 4
+    assert csv_rows[0].startswith("dataset,setting,model,feature_set,seed,recall@10,recall@20") and len(csv_rows) == 4
     plots = sorted(p.name for p in (tmp_path / "reports/plots").iterdir())
     assert plots == ["baby_cold_valid_recall_at_20.png", "baby_warm_valid_recall_at_20.png"]
 
@@ -101,8 +103,7 @@ def test_each_model_is_tested_against_the_best_over_the_same_users(tmp_path, par
     values["pop"] = values["lightgcn"].copy()
     values["pop"][:3] -= 0.05  # worse on 3 users only
     for model, per_user in values.items():
-        write_run(runs, "demo", model, "warm", float(per_user.mean()) * 20, feature_set=None)
-        run = runs / "demo" / model / "warm"
+        run = write_run(runs, "demo", model, "warm", float(per_user.mean()) * 20, feature_set=None)
         order = users[::-1] if model == "pop" else users  # paired on user_idx, not on row order
         write_parquet(run / "per_user.parquet", pa.table({"user_idx": order, "recall@20": per_user[order]}))
     text = report.run(params, runs, tmp_path / "reports")
@@ -136,7 +137,7 @@ def test_the_sequential_table_tests_each_variant_against_the_best(tmp_path, para
     hits = {"full": (rng.uniform(size=60) < 0.5).astype(np.float32)}
     hits["sasrec"] = hits["full"] * (rng.uniform(size=60) < 0.5)  # a subset of full's hits: clearly worse
     for variant, hr in hits.items():
-        run = runs / "demo_b" / "pmmrec" / variant
+        run = runs / "demo_b" / "pmmrec" / variant / "seed-2026"
         run.mkdir(parents=True)
         test = {"hr@10": float(hr.mean()), "ndcg@10": 0.1, "hr@20": 0.2, "ndcg@20": 0.1}
         record = {"target": "demo_b", "variant": variant, "item_tower": "id", "pretrain_part": "none", "test": test,
@@ -151,4 +152,55 @@ def test_the_sequential_table_tests_each_variant_against_the_best(tmp_path, para
     p = wilcoxon(hits["full"], hits["sasrec"]).pvalue  # one comparison: Holm leaves it as is
     shown = f"p {p:.2g}" if p >= 1e-4 else "p < 1e-4"
     assert f"| {hits['sasrec'].mean() - hits['full'].mean():+.4f} ({shown}) * |" in rows["sasrec"]
-    assert "vs best: the difference in test hr@10" in section
+    assert "vs best: the difference in mean test hr@10" in section
+
+
+def test_several_seeds_give_mean_sd_per_seed_csv_rows_and_both_tests(tmp_path, params):
+    """Three seeds per run: the table shows mean ± sample sd and each seed's best epoch, results.csv one
+    row per seed; "vs best" pairs each user's mean over the seeds (Wilcoxon) and compares the seeds'
+    values unpaired (Welch), each family Holm-adjusted; a seed not in pipeline.seeds is not read."""
+    import statistics
+
+    import numpy as np
+    import pyarrow as pa
+    from scipy.stats import ttest_ind, wilcoxon
+
+    from mmpipe.io import write_parquet
+
+    runs = tmp_path / "runs"
+    seeds = [1, 2, 3]
+    params["pipeline"].update(datasets=["demo"], train_datasets=["demo"], id_models=["pop", "lightgcn"], seeds=seeds,
+                              feature_models=[], graph_models=[], cold_feature_models=[], cold_graph_models=[],
+                              lmm4rec_models=[], e2e_models=[])  # fmt: skip
+    rng = np.random.default_rng(3)
+    users = np.arange(50, dtype=np.int32)
+    per_user = {
+        (model, seed): np.clip(rng.uniform(0.2, 0.9, 50) - (0.25 if model == "pop" else 0.0), 0, 1)
+        for model in ("pop", "lightgcn")
+        for seed in seeds
+    }
+    recall = {key: float(v.mean()) for key, v in per_user.items()}
+    for (model, seed), values in per_user.items():
+        run = write_run(runs, "demo", model, "warm", recall[model, seed] * 20, feature_set=None, seed=seed, epochs=seed)
+        write_parquet(run / "per_user.parquet", pa.table({"user_idx": users, "recall@20": values}))
+    write_run(runs, "demo", "pop", "warm", 19.0, feature_set=None, seed=4)  # not a seed of pipeline.seeds
+    text = report.run(params, runs, tmp_path / "reports")
+    rows = {line.split(" | ")[0].strip("| "): line for line in text.splitlines() if line.startswith("| ")}
+    pop = [recall["pop", s] for s in seeds]
+    best = [recall["lightgcn", s] for s in seeds]
+    recall20 = f"{statistics.fmean(pop):.4f} ± {statistics.stdev(pop):.4f}"  # write_run: recall@10 = 2 x @20
+    assert rows["pop"].startswith(
+        f"| pop | {2 * statistics.fmean(pop):.4f} ± {2 * statistics.stdev(pop):.4f} | {recall20} |"
+    )
+    assert "| 1/2/3 |" in rows["pop"] and rows["lightgcn"].endswith("| best |")
+    p_users = wilcoxon(np.mean([per_user["lightgcn", s] for s in seeds], axis=0),
+                       np.mean([per_user["pop", s] for s in seeds], axis=0)).pvalue  # fmt: skip
+    p_seeds = ttest_ind(best, pop, equal_var=False).pvalue  # one comparison: Holm leaves both as they are
+    shown = f"p {p_users:.2g}" if p_users >= 1e-4 else "p < 1e-4"
+    cell = f"{statistics.fmean(pop) - statistics.fmean(best):+.4f} ({shown}) * seeds p {p_seeds:.2g}"
+    assert cell in rows["pop"], rows["pop"]
+    assert "mean over the run's 3 seeds" in text and "Welch's t-test" in text and "pipeline.seeds (1, 2, 3)" in text
+    csv_rows = (tmp_path / "reports/results.csv").read_text().splitlines()
+    assert [r.split(",")[2:5] for r in csv_rows[1:]] == [["pop", "", "1"], ["pop", "", "2"], ["pop", "", "3"],
+                                                         ["lightgcn", "", "1"], ["lightgcn", "", "2"],
+                                                         ["lightgcn", "", "3"]]  # fmt: skip

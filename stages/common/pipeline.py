@@ -6,6 +6,7 @@ place: names unique, modalities non-empty.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -71,6 +72,9 @@ class PipelineConfig(Config):
     model_feature_sets: tuple[str, ...] = param(["default"], doc="of feature_sets: the feature/graph models run on")
     lmm4rec_feature_sets: tuple[str, ...] = param([], doc="of feature_sets: lmm4rec_models run on each")
     modalities: tuple[str, ...] = param(["text", "image"], doc="the modalities of every feature set")
+    seeds: tuple[int, ...] = param(
+        [2026], ge=0, doc="every model and transfer runs once per seed (runs/.../seed-<n>/); the report: mean ± sd"
+    )
     id_models: tuple[str, ...] = param([])
     feature_models: tuple[str, ...] = param([])
     graph_models: tuple[str, ...] = param([])
@@ -86,7 +90,9 @@ class PipelineConfig(Config):
                 continue
             twice = sorted({v for v in values if values.count(v) > 1})
             if twice:
-                raise ParamsError(f"params.yaml: {where}.{name} lists {', '.join(twice)} more than once")
+                raise ParamsError(f"params.yaml: {where}.{name} lists {', '.join(map(str, twice))} more than once")
+        if not self.seeds:
+            raise ParamsError(f"params.yaml: {where}.seeds is empty; name at least one seed (e.g. [2026])")
         if not self.modalities:
             raise ParamsError(f"params.yaml: {where}.modalities is empty; name at least one modality (text, image)")
         outside = [
@@ -129,6 +135,26 @@ class PipelineConfig(Config):
         for name in MODEL_LISTS:
             out += [m for m in getattr(self, name) if m not in out]
         return out
+
+
+SEED_HOME = "pipeline.seeds"
+
+
+def seed_arg(value: int | str) -> int:
+    """A model stage's `--seed` (dvc.yaml passes one of pipeline.seeds) as an int, or a clear error."""
+    if not str(value).isdigit():
+        raise ParamsError(f"--seed {value!r}: expected a non-negative integer (one of {SEED_HOME})")
+    return int(value)
+
+
+def refuse_seed(block: Mapping[str, Any] | None, where: str, also: str = "") -> None:
+    """A run's seed has one home, `pipeline.seeds` (one run per seed); a training block naming `seed` would
+    be a second one that the stage's seed silently overrides, so it stops with where to put it instead."""
+    if isinstance(block, Mapping) and "seed" in block:
+        raise ParamsError(
+            f"params.yaml: {where}.seed: a run's seed is one of {SEED_HOME} (each model runs once per seed); "
+            f"remove this key and list the seeds there{also}"
+        )
 
 
 def modalities(params: dict[str, Any]) -> tuple[str, ...]:

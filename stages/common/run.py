@@ -36,7 +36,7 @@ from stages.common.params import allow_download
 
 log = get_logger("run")
 
-FLAGS = ("dataset", "model", "setting", "group")
+FLAGS = ("dataset", "model", "setting", "group", "seed")
 OPTIONAL_FLAGS = ("feature_set",)
 E2E = "e2e"  # the stage group (and run folder) of the models trained end to end with their encoder
 E2E_KEYS = ["train.e2e", "features.allow_download"]
@@ -68,6 +68,7 @@ class RunSpec:
     model: str
     setting: str
     group: str
+    seed: int  # one of pipeline.seeds: the run's folder and its trainer's seed
     feature_set: str | None
     cls: type[Recommender]
     modalities: tuple[str, ...]  # the feature set's modalities the model may read (none for ID models)
@@ -81,11 +82,13 @@ class RunSpec:
 
     @property
     def root(self) -> Path:
-        return run_dir(self.dataset, self.model, self.setting, self.feature_set, self.runs)
+        return run_dir(self.dataset, self.model, self.setting, self.seed, self.feature_set, self.runs)
 
     @property
     def label(self) -> str:
-        return "/".join(p for p in (self.dataset, self.model, self.feature_set, self.setting) if p)
+        return (
+            "/".join(p for p in (self.dataset, self.model, self.feature_set, self.setting) if p) + f" seed {self.seed}"
+        )
 
 
 def run_spec(
@@ -93,6 +96,7 @@ def run_spec(
     model: str,
     setting: str,
     group: str,
+    seed: int,
     feature_set: str | None,
     params: dict[str, Any],
     runs: Path = RUNS,
@@ -119,6 +123,7 @@ def run_spec(
         model,
         setting,
         group,
+        pipeline.seed_arg(seed),
         feature_set,
         cls,
         modalities,

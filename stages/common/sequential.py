@@ -15,7 +15,7 @@ import io
 import os
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -34,6 +34,7 @@ from models.seq.base import SeqData, SequentialRecommender
 from models.seq.data import Sequences, concat_sequences, load_sequences
 from models.seq.towers import decode_images, load_image_model, load_text_model, read_item_images, tokenize
 from models.seq.trainer import SeqTrainConfig
+from stages.common import pipeline
 from stages.common.params import allow_download
 from stages.common.run import TrainRuntime
 
@@ -55,7 +56,9 @@ def read_variant(params: dict[str, Any], variant: str) -> Variant:
     variants = (params.get("seq") or {}).get("variants") or {}
     if variant not in variants:
         raise ValueError(f"params.yaml: key 'seq.variants.{variant}' is missing (pipeline.transfer_variants lists it)")
-    return Variant.parse(variants[variant], f"seq.variants.{variant}")
+    spec = Variant.parse(variants[variant], f"seq.variants.{variant}")
+    pipeline.refuse_seed(spec.train, f"seq.variants.{variant}.train")
+    return spec
 
 
 def model_class(model: str, where: str = "pipeline.pretrain_models") -> type[SequentialRecommender]:
@@ -80,11 +83,18 @@ def model_hparams(params: dict[str, Any], model: str, overrides: Mapping[str, An
     return hp
 
 
-def train_config(params: dict[str, Any], *changes: Mapping[str, Any] | None, where: str) -> SeqTrainConfig:
-    merged: dict[str, Any] = dict((params.get("seq") or {}).get("train") or {})
+def train_config(
+    params: dict[str, Any], *changes: Mapping[str, Any] | None, where: str, seed: int | None = None
+) -> SeqTrainConfig:
+    """`seq.train` with `changes` on top. `seed`: a transfer run's, one of pipeline.seeds; None for
+    pre-training, whose seed is `seq.pretrain.seed` (a change seq.pretrain may carry)."""
+    base = (params.get("seq") or {}).get("train")
+    pipeline.refuse_seed(base, "seq.train", also="; pre-training's is seq.pretrain.seed")
+    merged: dict[str, Any] = dict(base or {})
     for change in changes:
         merged.update(change or {})
-    return SeqTrainConfig.parse(merged, where)
+    cfg = SeqTrainConfig.parse(merged, where)
+    return cfg if seed is None else replace(cfg, seed=seed)
 
 
 def runtime(params: dict[str, Any]) -> tuple[torch.device, int, bool]:
@@ -181,7 +191,9 @@ def check_params(pipeline_cfg: Any, params: dict[str, Any]) -> list[tuple[str, A
         for name in pipeline_cfg.transfer_variants:
             spec = read_variant(params, name)
             settings.append((model, model_hparams(params, model, spec.overrides), name))
-            train_config(params, spec.train, where=f"seq.train (+ seq.variants.{name}.train)")
+            train_config(
+                params, spec.train, where=f"seq.train (+ seq.variants.{name}.train)", seed=pipeline_cfg.seeds[0]
+            )
     return settings
 
 

@@ -1,0 +1,1 @@
+"""The report stage's library: its runs and their seeds (`runs.py`)."""
