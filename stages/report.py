@@ -40,6 +40,7 @@ from stages.reporting.runs import (
     epochs_cell,
     markdown_table,
     metric_columns,
+    missing_seeds,
     per_epoch,
     run_label,
     seeds_sentence,
@@ -288,6 +289,7 @@ def run(params: dict[str, Any], runs_root: Path = RUNS, out_root: Path = REPORTS
         "",
         seeds_sentence(cfg.seeds),
         "",
+        *missing_seeds(records + sequential, len(cfg.seeds)),
     ]
     csv_rows = []
     for dataset in cfg.train_datasets:

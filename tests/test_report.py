@@ -204,3 +204,20 @@ def test_several_seeds_give_mean_sd_per_seed_csv_rows_and_both_tests(tmp_path, p
     assert [r.split(",")[2:5] for r in csv_rows[1:]] == [["pop", "", "1"], ["pop", "", "2"], ["pop", "", "3"],
                                                          ["lightgcn", "", "1"], ["lightgcn", "", "2"],
                                                          ["lightgcn", "", "3"]]  # fmt: skip
+
+
+def test_a_run_missing_a_seed_is_named(tmp_path, params):
+    """A seed added to pipeline.seeds whose stages have not run yet: the report says which runs lack it."""
+    runs = tmp_path / "runs"
+    params["pipeline"].update(datasets=["demo"], train_datasets=["demo"], id_models=["pop", "bpr"], seeds=[1, 2],
+                              feature_models=[], graph_models=[], cold_feature_models=[], cold_graph_models=[],
+                              lmm4rec_models=[], e2e_models=[])  # fmt: skip
+    for model, seeds in (("pop", (1, 2)), ("bpr", (2,))):
+        for seed in seeds:
+            write_run(runs, "demo", model, "warm", 1.0, feature_set=None, seed=seed)
+    text = report.run(params, runs, tmp_path / "reports")
+    assert (
+        "**Seeds missing** (stages not run yet; these rows summarise the seeds present): demo/bpr warm (1 of 2)."
+        in text
+    )
+    assert "demo/pop" not in text

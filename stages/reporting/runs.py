@@ -126,6 +126,21 @@ def seeds_sentence(seeds: tuple[int, ...]) -> str:
     )
 
 
+def missing_seeds(records: list[Record], wanted: int) -> list[str]:
+    """A warning line (and a blank one) naming the runs that lack some of the seeds (their stages not run
+    yet, e.g. `dvc repro report` alone after adding a seed): their cells summarise the seeds present."""
+
+    def name(rec: Record) -> str:
+        if "variant" in rec:  # a transfer run
+            return f"{rec['target']}/{rec['model']} {rec['variant']}"
+        return f"{rec['dataset']}/{run_label(rec)} {rec['setting']}"
+
+    short = [f"{name(seeds[0])} ({len(seeds)} of {wanted})" for seeds in by_run(records, name) if len(seeds) < wanted]
+    if not short:
+        return []
+    return [f"**Seeds missing** (stages not run yet; these rows summarise the seeds present): {', '.join(short)}.", ""]
+
+
 def csv_row(rec: Record) -> dict[str, Any]:
     """One seed of one run in results.csv: what names it, then every test metric."""
     return {"dataset": rec["dataset"], "setting": rec["setting"], "model": rec["model"],
