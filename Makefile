@@ -21,10 +21,12 @@ demo: setup check
 	$(BIN)/dvc repro
 	@echo "Results table: $(CURDIR)/reports/results.md"
 
-# The full comparison (every model, variant and feature set, full-size demo, longer budgets; about half an
-# hour on 2 cores): the committed code in its own clone ($(FULL_DIR)/, kept between runs so that a second
-# run re-runs only what changed) with profiles/full.yaml applied to params.yaml, then its report copied to
-# reports/full/. Uncommitted changes are not part of it: commit first.
+# The full comparison (every model, variant and feature set, full-size demo, longer budgets, three seeds;
+# about an hour on 2 cores): the committed code in its own clone ($(FULL_DIR)/, kept between runs: its DVC
+# cache and feature caches spare a second run the encoding, but the reset brings back the tour's locks, so the
+# training stages run again) with profiles/full.yaml applied to params.yaml, then its report copied to
+# reports/full/. Uncommitted changes are not part of it: commit first; let it finish (a stopped run leaves
+# the tour's committed run files in $(FULL_DIR)/runs/ for the stages it had not reached).
 demo-full: setup
 	test -d $(FULL_DIR)/.git || git clone -q . $(FULL_DIR)
 	git -C $(FULL_DIR) fetch -q origin HEAD && git -C $(FULL_DIR) reset -q --hard FETCH_HEAD
