@@ -92,14 +92,14 @@ def test_the_tour_twice(tmp_path):
     assert pop > 2 * 20 / stats["items"]  # the demo's popularity is heavy-tailed: Pop beats chance
     assert metric(root, "demo/lightgcn/warm/seed-2026") > 2 * pop
     for run in ("vbpr/default", "freedom/default", "micro/default", "rearm/default", "vbpr/clip_ft"):
-        assert metric(root, f"demo/{run}/warm") > 1.3 * pop, run
+        assert metric(root, f"demo/{run}/warm/seed-2026") > 1.3 * pop, run
     # cold items are ranked among all items (training items masked), so chance is about 20 / items
     assert metric(root, "demo/micro/default/cold/seed-2026") > 3 * 20 / stats["items"]
     target_items = json.loads((root / "runs/demo_b/pmmrec/full/seed-2026/evaluation.json").read_text())["items"]
     report = (root / "reports/results.md").read_text()
     assert "## demo_b: sequential (pmmrec, leave-one-out" in report
     for variant in ("sasrec", "scratch", "full"):  # PMMRec's stages under DVC, and their row in the report
-        assert metric(root, f"demo_b/pmmrec/{variant}", "hr@10") > 1.5 * 10 / target_items, variant
+        assert metric(root, f"demo_b/pmmrec/{variant}/seed-2026", "hr@10") > 1.5 * 10 / target_items, variant
         hr = json.loads((root / f"runs/demo_b/pmmrec/{variant}/seed-2026/evaluation.json").read_text())["test"]["hr@10"]
         assert any(line.startswith(f"| {variant} |") and f"| {hr:.4f} |" in line for line in report.splitlines())
     assert a.repro() == set()
