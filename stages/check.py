@@ -103,6 +103,12 @@ def check_demo_encoders(cfg: pipeline.PipelineConfig, params: dict[str, Any], se
 def check_models(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> int:
     """Every listed model: known, in its group's list, cold-capable where cold, its params block valid."""
     train = params.get("train") or {}
+    per_dataset = train.get("datasets") or {}
+    pipeline.refuse_seed(train.get("common"), "train.common")  # the blocks every run shares, once each
+    for dataset in cfg.datasets:
+        pipeline.refuse_seed(per_dataset.get(dataset), f"train.datasets.{dataset}")
+    if cfg.e2e_models:
+        pipeline.refuse_seed((train.get("e2e") or {}).get("trainer"), "train.e2e.trainer")
     checked = 0
     for list_name, (group, setting) in pipeline.MODEL_LISTS.items():
         for name in getattr(cfg, list_name):
@@ -132,14 +138,11 @@ def check_models(cfg: pipeline.PipelineConfig, params: dict[str, Any]) -> int:
                 )
             # the end-to-end runs add train.e2e.trainer on top, as the train stage does
             e2e_trainer = [(train.get("e2e") or {}).get("trainer")] if group == "e2e" else []
-            pipeline.refuse_seed(train.get("common"), "train.common")
             pipeline.refuse_seed(trainer, f"train.{name}.trainer")
-            pipeline.refuse_seed(*e2e_trainer or [None], "train.e2e.trainer")
             for dataset in cfg.datasets:
-                per_dataset = (train.get("datasets") or {}).get(dataset)
-                pipeline.refuse_seed(per_dataset, f"train.datasets.{dataset}")
                 where = f"train (for {dataset}/{name}{', end to end' if e2e_trainer else ''})"
-                TrainConfig.from_params(train.get("common"), per_dataset, trainer, *e2e_trainer, where=where)
+                blocks = (train.get("common"), per_dataset.get(dataset), trainer, *e2e_trainer)
+                TrainConfig.from_params(*blocks, where=where)
             checked += 1
     return checked
 
