@@ -14,7 +14,7 @@ FULL_DIR ?= .full
 # (a missing package, service or data folder) fails the suite. A run in which no test passed always fails.
 STRICT ?=
 
-.PHONY: demo demo-full check setup test test-dag test-remote test-distributed test-slow gpu-check gpu-check-dag bench lint
+.PHONY: demo demo-full check setup test test-dag test-remote test-distributed test-slow test-gpu test-gpu-dag bench lint
 
 # Set up (if needed) and run the DAG (the tour) on the embedded demo dataset; params are checked first.
 demo: setup check
@@ -97,12 +97,12 @@ test-slow: setup
 # The GPU check, the first thing to run on a machine with a GPU (none has been available to this project):
 # the GPU-versus-CPU tests (every model, bfloat16, features, the evaluator, LMM4Rec end to end) and the tiny
 # DAG, PMMRec included, with every device key on the GPU (tests/test_gpu_dag.py). Fails where torch sees no
-# GPU (--no-skips). `MMPIPE_CHECK_DEVICE=cpu make gpu-check-dag` runs the DAG part on the CPU.
-gpu-check: setup
+# GPU (--no-skips). `MMPIPE_CHECK_DEVICE=cpu make test-gpu-dag` runs the DAG part on the CPU.
+test-gpu: setup
 	$(BIN)/python -m pytest -q --no-skips tests/test_devices.py tests/test_lmm4rec.py -k gpu
 	$(BIN)/python -m pytest -q --no-skips -m gpu
 
-gpu-check-dag: setup
+test-gpu-dag: setup
 	$(BIN)/python -m pytest -q --no-skips -m gpu
 
 bench: setup

@@ -27,6 +27,8 @@ from typing import Any
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from models.core.spmm import observe_products
+
 aten = torch.ops.aten
 DENSE_PRODUCTS = {aten.mm.default, aten.addmm.default, aten.bmm.default, aten.baddbmm.default}
 GATHERS = {aten.embedding.default, aten.index_select.default, aten.index.Tensor}
@@ -143,7 +145,12 @@ class _Counter(TorchDispatchMode):
 def epoch_work(run_epoch: Callable[[], int], n_params: int) -> Work:
     """Count one epoch: `run_epoch` trains it and returns its number of optimiser steps."""
     work = Work()
-    with _Counter(work):
+
+    def kernel_product(adj: torch.Tensor, x: torch.Tensor, out: torch.Tensor) -> None:
+        work.sparse_bytes += _sparse_product_bytes(adj, x, out)
+        work.ops["csr_kernel"] = work.ops.get("csr_kernel", 0) + 1
+
+    with _Counter(work), observe_products(kernel_product):
         steps = run_epoch()
     work.optimizer_bytes = ADAM_BYTES_PER_PARAM * n_params * steps
     return work

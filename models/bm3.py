@@ -28,7 +28,8 @@ from torch import nn
 from mmpipe.config import param
 from models.core.base import HParams, Recommender, TrainData
 from models.core.graph import bipartite_adjacency, sparse_tensor, sym_normalize
-from models.core.layers import emb_loss, layer_mean
+from models.core.layers import emb_loss
+from models.core.spmm import layer_mean
 
 
 class BM3(Recommender):

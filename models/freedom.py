@@ -25,7 +25,8 @@ from torch import nn
 from mmpipe.config import param
 from models.core.base import IMAGE, HParams, Recommender, TrainData
 from models.core.graph import binarize, bipartite_adjacency, sparse_tensor, sym_normalize
-from models.core.layers import bpr_loss, id_embedding, layer_mean
+from models.core.layers import bpr_loss, id_embedding
+from models.core.spmm import layer_mean, sparse_product
 
 
 class FREEDOM(Recommender):
@@ -59,7 +60,7 @@ class FREEDOM(Recommender):
         if len(self.modalities) == 1:  # one modality: its graph alone
             weights = {self.modalities[0]: 1.0}
         mm_adj = sum(weights[m] * sym_normalize(binarize(data.item_knn(m, hp.knn_k))) for m in self.modalities)
-        self.mm_adj = sparse_tensor(mm_adj)
+        self.mm_adj, self.mm_adj_t = sparse_tensor(mm_adj), sparse_tensor(mm_adj.T)  # kNN graphs are directed
 
         self.full_adj = sparse_tensor(sym_normalize(bipartite_adjacency(data.train)))
         coo = sp.coo_matrix(data.train)
@@ -87,7 +88,7 @@ class FREEDOM(Recommender):
     def propagate(self, adj: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         h = self.item_emb
         for _ in range(self.hp.n_mm_layers):
-            h = self.mm_adj @ h
+            h = sparse_product(self.mm_adj, h, self.mm_adj_t)
         out = layer_mean(adj, torch.cat([self.user_emb, self.item_emb]), self.hp.n_ui_layers, adj)
         return out[: self.n_users], out[self.n_users :] + h
 

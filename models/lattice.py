@@ -36,7 +36,8 @@ from models.core.graph import (
     sym_normalize_tensor,
     weighted_sum,
 )
-from models.core.layers import EpochCache, bpr_loss, id_embedding, layer_mean, squared_l2
+from models.core.layers import EpochCache, bpr_loss, id_embedding, squared_l2
+from models.core.spmm import layer_mean
 
 
 class LATTICE(Recommender):

@@ -15,7 +15,8 @@ import torch
 from mmpipe.config import param
 from models.core.base import HParams, Recommender, TrainData
 from models.core.graph import bipartite_adjacency, sparse_tensor, sym_normalize
-from models.core.layers import bpr_loss, emb_loss, id_embedding, layer_mean
+from models.core.layers import bpr_loss, emb_loss, id_embedding
+from models.core.spmm import layer_mean
 
 
 class LightGCN(Recommender):

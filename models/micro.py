@@ -43,7 +43,8 @@ from models.core.graph import (
     sym_normalize_tensor,
     weighted_sum,
 )
-from models.core.layers import EpochCache, bpr_loss, id_embedding, layer_mean, squared_l2
+from models.core.layers import EpochCache, bpr_loss, id_embedding, squared_l2
+from models.core.spmm import layer_mean
 
 
 def info_nce(z1: torch.Tensor, z2: torch.Tensor, tau: float, chunk: int = 4096) -> torch.Tensor:

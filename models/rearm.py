@@ -35,7 +35,9 @@ from torch import nn
 from mmpipe.config import ParamsError, param
 from models.core.base import IMAGE, HParams, Recommender, TrainData
 from models.core.graph import bipartite_adjacency, sparse_tensor, sym_normalize, top_k
-from models.core.layers import bpr_loss, layer_mean
+from models.core.layers import bpr_loss
+from models.core.optim import adam
+from models.core.spmm import layer_mean, sparse_product
 
 FLAG = "one of REARM's 16 flags: set train.rearm.preset, or give it"
 # The official per-dataset commands (README of MrShouxingMa/REARM); `train.rearm.preset` picks one.
@@ -203,8 +205,10 @@ class REARM(Recommender):
         sim_i = knn_mix({m: data.knn[m] for m in self.modalities}, k_i, hp.i_mm_image_weight, "item kNN")
         sim_u = knn_mix({m: data.user_knn[m] for m in self.modalities}, k_u, hp.u_mm_image_weight, "user kNN")
         ii_w, uu_w = hp.ii_co_weight, hp.uu_co_weight
-        self.item_graph = sparse_tensor(ii_w * co_i + (1 - ii_w) * sim_i)
-        self.user_graph = sparse_tensor(uu_w * co_u + (1 - uu_w) * sim_u)
+        item_graph, user_graph = ii_w * co_i + (1 - ii_w) * sim_i, uu_w * co_u + (1 - uu_w) * sim_u
+        self.item_graph, self.user_graph = sparse_tensor(item_graph), sparse_tensor(user_graph)
+        # their transposes, for the products' backward (top-k graphs are directed)
+        self.item_graph_t, self.user_graph_t = sparse_tensor(item_graph.T), sparse_tensor(user_graph.T)
         self.ui_adj = sparse_tensor(sym_normalize(bipartite_adjacency(data.train)))
 
         self.user_emb = nn.Parameter(torch.randn(self.n_users, dim) * 0.1)
@@ -231,12 +235,14 @@ class REARM(Recommender):
         return layer
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
-        return torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=self.weight_decay)
+        return adam(self.parameters(), lr=lr, weight_decay=self.weight_decay, decoupled=True)
 
-    def homogeneous(self, graph: torch.Tensor, parts: list[torch.Tensor], layers: int) -> list[torch.Tensor]:
+    def homogeneous(
+        self, graph: torch.Tensor, graph_t: torch.Tensor, parts: list[torch.Tensor], layers: int
+    ) -> list[torch.Tensor]:
         x = torch.cat(parts, dim=1)
         for _ in range(layers):
-            x = graph @ x
+            x = sparse_product(graph, x, graph_t)
         return list(F.normalize(x, dim=1).split(self.dim, dim=1))
 
     def mean_propagate(self, x: torch.Tensor) -> torch.Tensor:
@@ -247,6 +253,7 @@ class REARM(Recommender):
         img, txt = self.modalities
         i_id, i_img, i_txt = self.homogeneous(
             self.item_graph,
+            self.item_graph_t,
             [
                 self.item_emb,
                 self.item_project[img](self.item_features[img]),
@@ -256,6 +263,7 @@ class REARM(Recommender):
         )
         u_id, u_img, u_txt = self.homogeneous(
             self.user_graph,
+            self.user_graph_t,
             [
                 self.user_emb,
                 self.user_project[img](self.user_features[img]),

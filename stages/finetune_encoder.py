@@ -48,6 +48,7 @@ from models.core.dual_encoder import (
     set_gradient_checkpointing,
     text_features,
 )
+from models.core.optim import adam
 from models.core.trainer import EarlyStopping, Epoch, epoch_loop, state_on_cpu
 from stages.common.finetune_params import FinetuneConfig, finetune_config, finetune_keys
 from stages.common.params import run_stage
@@ -148,7 +149,7 @@ def run(dataset: str, params: dict[str, Any], processed: Path = PROCESSED) -> di
     model.to(device)
     params_to_train = [p for p in model.parameters() if p.requires_grad]
     optimizer = (
-        torch.optim.AdamW(params_to_train, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        adam(params_to_train, lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=True)
         if params_to_train and len(train)
         else None
     )

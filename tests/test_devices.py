@@ -131,7 +131,7 @@ def train_and_score(name: str, params: dict, root, device: str, precision: str =
 
 
 @needs_cuda
-@pytest.mark.parametrize("name", ["bpr", "lightgcn", "vbpr", "itemknn", "lattice", "freedom", "micro", "rearm"])
+@pytest.mark.parametrize("name", ["bpr", "lightgcn", "vbpr", "itemknn", "lattice", "freedom", "micro", "rearm", "bm3"])
 def test_training_and_evaluation_on_the_gpu_match_the_cpu(name, ready):
     root, params = ready
     cpu, cpu_loss = train_and_score(name, params, root, "cpu")

@@ -1,8 +1,8 @@
-"""The GPU check (marker `gpu`, `make gpu-check`): the tiny DAG, PMMRec included, through `dvc repro` with
+"""The GPU check (marker `gpu`, `make test-gpu`): the tiny DAG, PMMRec included, through `dvc repro` with
 every device key on the GPU: features, fine-tuning, training, evaluation, pre-training and transfer.
 
 No GPU has been available to this project so far, so this is the first thing to run on a machine that has
-one (`make gpu-check` also runs the GPU-versus-CPU tests of tests/test_devices.py and tests/test_lmm4rec.py
+one (`make test-gpu` also runs the GPU-versus-CPU tests of tests/test_devices.py and tests/test_lmm4rec.py
 and fails, instead of skipping, where torch sees no GPU). `MMPIPE_CHECK_DEVICE=cpu` runs the same DAG on
 the CPU (that is how its configuration is checked on a machine without a GPU).
 """

@@ -18,8 +18,8 @@ from mmpipe.paths import run_dir
 from models.core.base import HParams, TrainData
 from models.core.data import load_train_data
 from models.core.graph import bipartite_adjacency, self_loop_row_normalize, sparse_tensor
-from models.core.layers import layer_mean
 from models.core.registry import MODELS, all_models, get_model, model_config, model_names
+from models.core.spmm import layer_mean
 from models.core.trainer import NegativeSampler, TrainConfig, fit, state_on_cpu
 from stages import coldstart, evaluate, features, graphs, train
 from tests.conftest import ROOT

@@ -8,7 +8,7 @@ import torch
 
 from bench.physical_bound import ADAM_BYTES_PER_PARAM, Machine, epoch_work
 from models.core.graph import sparse_tensor
-from models.core.layers import layer_mean
+from models.core.spmm import layer_mean
 
 
 def test_sparse_products_dense_flops_gathers_and_adam_are_counted_by_hand():

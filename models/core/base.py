@@ -32,6 +32,7 @@ from torch import nn
 from mmpipe.config import Config, ParamsError
 from mmpipe.devices import to_device
 from models.core.graph import top_k
+from models.core.optim import adam
 
 # What a model reads, and so which dvc.yaml stage group (train_<reads>) must run it.
 READS = ("id", "feat", "graph", "seq")  # seq: sequential models, run by the pretrain/transfer stages
@@ -144,7 +145,7 @@ class Recommender(nn.Module):
 
     def make_optimizer(self, lr: float) -> torch.optim.Optimizer:
         """Adam without weight decay, as MMRec; a model overrides this where its paper differs."""
-        return torch.optim.Adam(self.parameters(), lr=lr)
+        return adam(self.parameters(), lr=lr)
 
     def on_epoch_start(self, epoch: int, rng: np.random.Generator) -> None:
         """Called before every training epoch (MMRec's pre_epoch_processing): resample, rebuild."""

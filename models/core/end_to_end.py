@@ -36,6 +36,7 @@ from mmpipe.config import Config, param
 from models.core.base import HParams, Recommender
 from models.core.dual_encoder import ItemInputs, image_features, text_features
 from models.core.graph import knn_tensor
+from models.core.optim import adam
 
 MMREC_TEMPLATE = "{title} {brand} {categories} {description}"
 # The modalities an end-to-end encoder produces (its `normalize` may name only these).
@@ -142,7 +143,7 @@ class EndToEnd(Recommender):
         encoder = self.encoder_parameters()
         if encoder:
             groups.append({"params": encoder, "lr": self.cfg.encoder_lr})
-        return torch.optim.Adam(groups)
+        return adam(groups)
 
     def on_epoch_start(self, epoch: int, rng: np.random.Generator) -> None:
         self.table = self.towers.encode_all(self.cfg.encoder_batch_size)

@@ -1,5 +1,5 @@
-"""Building blocks several models share, written once: ID embeddings, layer-mean propagation, the
-BPR and regularisation losses, and the per-epoch cache of a learned graph."""
+"""Building blocks several models share, written once: ID embeddings, the BPR and regularisation
+losses, and the per-epoch cache of a learned graph (graph propagation: `models.core.spmm`)."""
 
 from __future__ import annotations
 
@@ -15,36 +15,6 @@ T = TypeVar("T")
 def id_embedding(n: int, dim: int) -> nn.Parameter:
     """An [n, dim] embedding table, Xavier-uniform initialised (MMRec's default for ID embeddings)."""
     return nn.Parameter(nn.init.xavier_uniform_(torch.empty(n, dim)))
-
-
-class _ConstantSparseProduct(torch.autograd.Function):
-    """adj @ x for a constant sparse matrix, whose backward multiplies by `adj_t`, adj's transpose built
-    once by the model.
-
-    Torch's own backward of a CSR product transposes the matrix again on every call. Measured on a random
-    user-item graph of Baby's size (26,495 nodes, 237k edges, 64-d), three layers forward and backward
-    took 111 ms per batch with it and 46 ms with this on 2 threads (180 and 71 ms on 1 thread), the
-    gradient bit-identical; LightGCN's epoch on Baby is in `python -m bench.models_speed`."""
-
-    @staticmethod
-    def forward(ctx, adj: torch.Tensor, adj_t: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-        ctx.adj_t = adj_t
-        return adj @ x
-
-    @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[None, None, torch.Tensor]:
-        return None, None, ctx.adj_t @ grad
-
-
-def layer_mean(adj: torch.Tensor, x: torch.Tensor, n_layers: int, adj_t: torch.Tensor) -> torch.Tensor:
-    """LightGCN's propagation: the mean of x, Ax, ..., A^L x (layer 0 included). `adj_t` is A's
-    transpose (A itself for a symmetric normalisation), kept by the model so that the backward pass does
-    not rebuild it every batch."""
-    total = x  # a running sum: the same bits as stacking the layers and averaging, without the copies
-    for _ in range(n_layers):
-        x = _ConstantSparseProduct.apply(adj, adj_t, x)
-        total = total + x
-    return total / (n_layers + 1)
 
 
 def bpr_loss(pos_scores: torch.Tensor, neg_scores: torch.Tensor) -> torch.Tensor:

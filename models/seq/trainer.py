@@ -25,6 +25,7 @@ from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import autocast
 from mmpipe.distributed import distributed
 from models.core.evaluator import check_cutoffs, evaluate
+from models.core.optim import adam
 from models.core.trainer import EarlyStopping, Epoch, FitResult, epoch_loop, seed_everything, state_on_cpu
 from models.seq.data import Sequences, left_pad, training_batch
 
@@ -110,7 +111,7 @@ def fit_sequential(
         model = DistributedDataParallel(
             module, device_ids=[device.index] if device.type == "cuda" else None, find_unused_parameters=True
         )
-    optimizer = torch.optim.AdamW(param_groups(module, cfg))
+    optimizer = adam(param_groups(module, cfg), decoupled=True)
     ks = sorted(set(cfg.ks))
     check_cutoffs(ks, module.n_items, "seq.train.ks")
     stopping = EarlyStopping(cfg.patience)
