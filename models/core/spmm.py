@@ -1,11 +1,12 @@
 """The product of a constant sparse matrix with a dense one: every graph propagation of the models.
 
 On the CPU (float32) a compiled CSR kernel (numba) computes it: each row's nonzeros are read once and
-their dense rows gathered into the output row, rows split over the threads in chunks of equal nonzeros.
-Torch's own CSR product (MKL) fills a zeroed buffer and copies it into its result, and is 1.1-1.3x slower
-on the Baby graph (`python -m bench.models_speed --spmm`). Elsewhere (CUDA, where bfloat16 autocast
-applies; other dtypes) torch's product runs. Each output row is summed by one thread in the order of its nonzeros, so a result
-has the same bits at every thread count and in every run.
+their dense rows summed straight into the output row, rows split over the threads in chunks of equal
+nonzeros. Torch's own CSR product fills a zeroed buffer and copies it into its result. Timed on the
+Baby adjacency by `python -m bench.models_speed --baby ... --spmm-only`, beside its physical bound.
+Elsewhere (CUDA, where bfloat16 autocast applies; other dtypes) torch's product runs. Each output row is
+summed by one thread in the order of its nonzeros, so a result has the same bits at every thread count
+and in every run (not the same bits as torch's product, which sums in another order).
 
 `layer_mean` (LightGCN's propagation) runs its layers through two buffers it reuses, and its backward is
 the same products with the transpose in Horner form: the gradient autograd would compute for the mean of

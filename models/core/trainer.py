@@ -31,6 +31,7 @@ import scipy.sparse as sp
 import torch
 from tqdm import tqdm
 
+from mmpipe.allocator import keep_freed_memory
 from mmpipe.config import Config, ParamsError, param
 from mmpipe.devices import autocast
 from mmpipe.distributed import distributed
@@ -144,7 +145,9 @@ def epoch_loop(
     `mmpipe.threads`), the epoch's selection value into `stopping`, a snapshot of the weights at each
     new best, early stopping. `run_epoch` trains one epoch and validates it when due; `on_epoch` logs it.
     Returns (history rows, best state, best validation metrics); the state is `snapshot()` of the start
-    when no epoch improved on what `stopping` held."""
+    when no epoch improved on what `stopping` held. Freed tensor memory stays in the process while it
+    trains (`mmpipe.allocator`)."""
+    keep_freed_memory()
     history: list[dict[str, Any]] = []
     best_state, best_valid = snapshot(), {}
     bar = tqdm(range(1, epochs + 1), desc="epochs", disable=not progress)
