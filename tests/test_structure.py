@@ -284,8 +284,10 @@ def test_no_stage_imports_another_stage(tmp_path):
         assert len(found) == 1 and found[0].startswith("stages/_planted_stage.py imports stages/"), found
 
 
-# one home for each job: the training protocol, the encoders' freezing, block finding, loading and hub errors
-ONE_HOME = ("epoch_loop", "state_on_cpu", "freeze_below_top", "transformer_blocks", "resolve_model", "hub_errors")
+# one home for each job: the training protocol, the encoders' freezing, block finding, loading and hub errors,
+# the graph propagation and the optimiser
+ONE_HOME = ("epoch_loop", "state_on_cpu", "freeze_below_top", "transformer_blocks", "resolve_model", "hub_errors",
+            "layer_mean", "sparse_product", "adam")  # fmt: skip
 
 
 def source_files() -> list[str]:
@@ -315,6 +317,8 @@ def test_one_home_for_the_training_loop_and_the_encoder_jobs():
         assert len(homes(rf"^\s*def {name}\(", sources)) == 1, (name, homes(rf"^\s*def {name}\(", sources))
     # a second home would count: the same file listed twice gives two
     assert len(homes(r"^\s*def freeze_below_top\(", [*sources, "mmpipe/hf.py"])) == 2
+    # every optimiser comes from models/core/optim.adam (which picks the class without calling it by name)
+    assert homes(r"torch\.optim\.AdamW?\(", sources) == []
 
 
 def file_names(tree: ast.AST) -> list[str]:
